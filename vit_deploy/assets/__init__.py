@@ -1,0 +1,1 @@
+"""Bundled default model, its held-out images and label lists (package data)."""

@@ -1,0 +1,91 @@
+"""Typed errors. Every error says what was expected and what was got.
+
+One base class, ``ViTDeployError``, so callers can catch everything we raise;
+the subclasses also inherit the matching builtin (ValueError, TypeError, ...)
+so generic code keeps working.
+"""
+
+from __future__ import annotations
+
+
+class ViTDeployError(Exception):
+    """Base class of every error vit_deploy raises on purpose."""
+
+
+class ConfigError(ViTDeployError, ValueError):
+    """A model configuration or option that cannot work."""
+
+
+class UnknownPresetError(ConfigError):
+    """A preset name that is not registered."""
+
+
+class InputShapeError(ViTDeployError, ValueError):
+    """An input tensor of the wrong rank, channel count or size."""
+
+
+class InputDTypeError(ViTDeployError, TypeError):
+    """An input tensor of a dtype the model or backend does not take."""
+
+
+class NonFiniteInputError(ViTDeployError, ValueError):
+    """NaN or Inf in an input (only raised when the opt-in check is on)."""
+
+
+class CheckpointError(ViTDeployError):
+    """A checkpoint that cannot be read or does not fit the model."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """Missing, unexpected or wrongly shaped tensors, all listed in one error."""
+
+    def __init__(
+        self,
+        missing: list[str] | None = None,
+        unexpected: list[str] | None = None,
+        wrong_shape: list[tuple[str, tuple, tuple]] | None = None,
+        source: str = "checkpoint",
+    ):
+        self.missing = sorted(missing or [])
+        self.unexpected = sorted(unexpected or [])
+        self.wrong_shape = sorted(wrong_shape or [])
+        lines = [f"{source} does not fit the model:"]
+        if self.missing:
+            lines.append(f"  missing ({len(self.missing)}): {', '.join(self.missing)}")
+        if self.unexpected:
+            lines.append(f"  unexpected ({len(self.unexpected)}): {', '.join(self.unexpected)}")
+        for name, expected, got in self.wrong_shape:
+            lines.append(f"  wrong shape: {name}: expected {tuple(expected)}, got {tuple(got)}")
+        super().__init__("\n".join(lines))
+
+
+class KernelError(ViTDeployError, ValueError):
+    """Inputs the fused attention kernel does not support."""
+
+
+class KernelUnavailableError(ViTDeployError, RuntimeError):
+    """The fused kernel cannot run here (no Triton, no CUDA and no interpreter)."""
+
+
+class ArtifactError(ViTDeployError):
+    """A missing, corrupt or incompatible exported artifact."""
+
+
+class ManifestError(ArtifactError):
+    """A manifest that is missing, malformed or from a newer format."""
+
+
+class ChecksumMismatchError(ArtifactError):
+    """An artifact file whose sha256 differs from its manifest."""
+
+
+class ExportError(ViTDeployError, RuntimeError):
+    """An export that failed before producing an artifact."""
+
+
+class ParityError(ExportError):
+    """An artifact whose outputs do not match the PyTorch reference."""
+
+
+class BackendUnavailableError(ViTDeployError, RuntimeError):
+    """A backend whose library or device is missing on this machine."""

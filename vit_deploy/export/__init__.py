@@ -1,0 +1,1 @@
+"""Exporters: ONNX (and FP16), TensorRT engines, manifests, parity gates."""

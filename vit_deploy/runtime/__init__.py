@@ -1,0 +1,1 @@
+"""One call over PyTorch, ONNX Runtime and TensorRT backends."""
