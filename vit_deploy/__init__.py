@@ -1,5 +1,6 @@
 """vit-deploy: a Vision Transformer from PyTorch to production."""
 
+from .checkpoints import load_model, save_model
 from .config import PRESETS, Preprocess, ViTConfig, get_preset
 from .model import VisionTransformer, create_model
 
@@ -12,5 +13,7 @@ __all__ = [
     "VisionTransformer",
     "create_model",
     "get_preset",
+    "load_model",
+    "save_model",
     "__version__",
 ]
