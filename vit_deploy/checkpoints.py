@@ -103,6 +103,10 @@ def save_model(model: VisionTransformer, directory: str | os.PathLike) -> Path:
         save_file(state, str(tmp / NATIVE_WEIGHTS), metadata={"format": NATIVE_FORMAT})
         config = {"format": NATIVE_FORMAT, **model.config.to_dict()}
         (tmp / NATIVE_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        # mkdtemp makes a private (0700) directory; a checkpoint is ordinary readable data.
+        tmp.chmod(0o755)
+        for f in tmp.iterdir():
+            f.chmod(0o644)
         if directory.exists():
             # POSIX cannot swap two directories in one step: move the old one aside (kept
             # until the new one is in place, restored if that fails), then rename.

@@ -86,7 +86,9 @@ class ViTConfig:
         if self.num_classes < 0:
             problems.append(f"num_classes: expected >= 0, got {self.num_classes}")
         if self.global_pool not in POOLING_MODES:
-            problems.append(f"global_pool: expected one of {POOLING_MODES}, got {self.global_pool!r}")
+            problems.append(
+                f"global_pool: expected one of {POOLING_MODES}, got {self.global_pool!r}"
+            )
         if self.global_pool == "token" and not self.class_token:
             problems.append("global_pool='token' needs class_token=True (or use global_pool='avg')")
         if not problems and self.embed_dim % self.num_heads:
@@ -154,7 +156,9 @@ class ViTConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ConfigError(f"unknown ViTConfig fields: {unknown}; expected some of {sorted(known)}")
+            raise ConfigError(
+                f"unknown ViTConfig fields: {unknown}; expected some of {sorted(known)}"
+            )
         d = dict(d)
         if "preprocess" in d and isinstance(d["preprocess"], dict):
             d["preprocess"] = Preprocess.from_dict(d["preprocess"])

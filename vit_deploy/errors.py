@@ -89,3 +89,23 @@ class ParityError(ExportError):
 
 class BackendUnavailableError(ViTDeployError, RuntimeError):
     """A backend whose library or device is missing on this machine."""
+
+
+class EngineMismatchError(ArtifactError):
+    """A TensorRT engine built for another TensorRT version or GPU than this machine's."""
+
+
+class NoClassifierError(ViTDeployError, ValueError):
+    """classify() on a model without a classification head or without label names."""
+
+
+class EmbedInputError(ViTDeployError, ValueError):
+    """No images to embed: an empty folder, or a pattern that matches nothing."""
+
+
+class OutputPathError(ViTDeployError, ValueError):
+    """An output path that cannot be written, or an output format that is not known."""
+
+
+class ResumeError(ViTDeployError, ValueError):
+    """An unfinished run's work directory that does not belong to the run asked for."""

@@ -31,7 +31,9 @@ class VisionTransformer(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if config.class_token else None
         self.pos_embed = nn.Parameter(torch.zeros(1, config.seq_len, d))
         self.blocks = nn.ModuleList(
-            Block(d, config.num_heads, config.mlp_ratio, config.qkv_bias, config.norm_eps, attention)
+            Block(
+                d, config.num_heads, config.mlp_ratio, config.qkv_bias, config.norm_eps, attention
+            )
             for _ in range(config.depth)
         )
         self.norm = nn.Identity() if config.use_fc_norm else nn.LayerNorm(d, eps=config.norm_eps)

@@ -4,15 +4,20 @@ Resize the shorter side to ``Preprocess.resize_size`` (= img_size / crop_pct),
 centre-crop ``img_size``, scale to [0, 1], normalise by mean/std, CHW float32.
 The arithmetic follows timm's eval transform (torchvision's Resize and
 CenterCrop on PIL images) so pixels match what the model was trained with.
+
+Importing this module does not import torch (``vit-embed`` runs on ONNX Runtime without
+it): torch tensors are recognised only when torch is already loaded, and
+``preprocess_batch`` imports it when called.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias
 
 import numpy as np
-import torch
 from PIL import Image, ImageFile
 
 from .config import Preprocess
@@ -24,24 +29,42 @@ _PIL_FILTERS = {
     "nearest": Image.Resampling.NEAREST,
 }
 
-ImageLike = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
+if TYPE_CHECKING:
+    import torch
+
+ImageLike: TypeAlias = "str | os.PathLike | Image.Image | np.ndarray | torch.Tensor"
+
+
+def is_tensor(obj) -> bool:
+    """A torch tensor, without importing torch (if torch is not loaded, nothing is one)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(obj, torch.Tensor)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode to 8-bit RGB: grayscale, RGBA (on black, like PIL), 16-bit, CMYK, palette."""
+    """Any PIL mode to 8-bit RGB: grayscale, RGBA (alpha dropped, as PIL and timm's
+    loader do), 16/32-bit integer, float, CMYK, palette."""
     if img.mode == "RGB":
         return img
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16/32-bit grayscale: scale the full range to 8 bits instead of clipping.
+        # 16/32-bit grayscale: scale the type's range to 8 bits instead of clipping.
+        # Mode "I" does not say its bit depth: take 8, 16 bits or the maximum, by the values.
         arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") else max(float(arr.max()), 1.0)
-        arr8 = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(arr8, mode="L").convert("RGB")
+        peak = float(arr.max()) if arr.size else 0.0
+        if img.mode.startswith("I;16") or 255.0 < peak <= 65535.0:
+            top = 65535.0
+        else:
+            top = 255.0 if peak <= 255.0 else peak
+        return _gray8_to_rgb(arr / top)
     if img.mode == "F":
-        arr = np.asarray(img, dtype=np.float64)
-        arr8 = np.clip(arr * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(arr8, mode="L").convert("RGB")
+        return _gray8_to_rgb(np.asarray(img, dtype=np.float64))
     return img.convert("RGB")
+
+
+def _gray8_to_rgb(unit: np.ndarray) -> Image.Image:
+    """Grayscale in [0, 1] -> 8-bit RGB (rounded, clipped)."""
+    arr8 = np.clip(unit * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return Image.fromarray(arr8, mode="L").convert("RGB")
 
 
 def load_image(path: str | os.PathLike) -> Image.Image:
@@ -90,28 +113,27 @@ def preprocess_pil(img: Image.Image, pre: Preprocess) -> np.ndarray:
 def preprocess_one(image: ImageLike, pre: Preprocess) -> np.ndarray:
     """One image of any supported kind -> (3, S, S) float32 normalised pixels.
 
-    Paths, PIL images and HWC uint8 arrays go through resize and crop; a torch
-    tensor or float array is taken as already preprocessed and must be (3, S, S).
+    Paths, PIL images, HWC uint8/uint16 arrays and CHW uint8 tensors (torchvision's
+    ``read_image`` layout) go through resize and crop; a float tensor or float array is
+    taken as already preprocessed and must be (3, S, S).
     """
     if isinstance(image, (str, os.PathLike)):
         return preprocess_pil(load_image(image), pre)
     if isinstance(image, Image.Image):
         return preprocess_pil(image, pre)
-    if isinstance(image, np.ndarray) and image.dtype == np.uint8:
-        if image.ndim == 2:
-            image = np.repeat(image[:, :, None], 3, axis=2)
-        if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
-            raise InputShapeError(
-                f"expected an HWC uint8 array with 1, 3 or 4 channels, got shape {image.shape}"
-            )
-        if image.shape[2] == 1:
-            image = np.repeat(image, 3, axis=2)
-        return preprocess_pil(Image.fromarray(image[:, :, :3]), pre)
-    if isinstance(image, (np.ndarray, torch.Tensor)):
-        arr = image.detach().cpu().float().numpy() if isinstance(image, torch.Tensor) else image
+    if is_tensor(image):
+        floating = image.is_floating_point()
+        image = (image.float() if floating else image).detach().cpu().numpy()
+        if image.dtype == np.uint8:  # a uint8 tensor is CHW, as torchvision reads images
+            return preprocess_pil(_pixels_to_pil(_chw_to_hwc(image)), pre)
+    if isinstance(image, np.ndarray) and image.dtype in (np.uint8, np.uint16):
+        return preprocess_pil(_pixels_to_pil(image), pre)
+    if isinstance(image, np.ndarray):
+        arr = image
         if not np.issubdtype(arr.dtype, np.floating):
             raise InputDTypeError(
-                f"expected uint8 HWC pixels or float CHW preprocessed pixels, got {arr.dtype}"
+                "expected uint8 (or uint16) HWC pixels or float CHW preprocessed pixels, "
+                f"got {arr.dtype}"
             )
         expected = (3, pre.img_size, pre.img_size)
         if tuple(arr.shape) != expected:
@@ -126,6 +148,31 @@ def preprocess_one(image: ImageLike, pre: Preprocess) -> np.ndarray:
     )
 
 
+def _chw_to_hwc(arr: np.ndarray) -> np.ndarray:
+    """A uint8 tensor is CHW, as torchvision's read_image gives it (HWC only when the
+    first axis cannot be channels)."""
+    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4):
+        return arr.transpose(1, 2, 0)
+    return arr
+
+
+def _pixels_to_pil(arr: np.ndarray) -> Image.Image:
+    """HW or HWC (1, 3 or 4 channels) uint8/uint16 pixels -> RGB PIL image."""
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+        raise InputShapeError(
+            f"expected HW or HWC pixels with 1, 3 or 4 channels, got shape {arr.shape}"
+        )
+    if arr.dtype == np.uint16:  # 16 bits -> 8 bits over the full range, as for 16-bit files
+        arr = (arr.astype(np.float64) / 65535.0 * 255.0 + 0.5).astype(np.uint8)
+    if arr.ndim == 2:
+        return Image.fromarray(np.ascontiguousarray(arr), mode="L").convert("RGB")
+    return Image.fromarray(np.ascontiguousarray(arr[:, :, :3]), mode="RGB")  # alpha dropped
+
+
 def preprocess_batch(images, pre: Preprocess) -> torch.Tensor:
     """A list of images -> (B, 3, S, S) float32 tensor."""
+    import torch
+
     return torch.from_numpy(np.stack([preprocess_one(im, pre) for im in images]))

@@ -1,1 +1,83 @@
-"""One call over PyTorch, ONNX Runtime and TensorRT backends."""
+"""One call over PyTorch, ONNX Runtime and TensorRT backends.
+
+>>> backend = load_backend("artifacts/default-fp32")      # an exported dir -> ONNX Runtime
+>>> out = backend(pixels)                                  # (B, 3, S, S) float32
+>>> out["logits"].shape, out["embedding"].shape
+
+``load_backend(model)`` wraps a ``VisionTransformer`` (PyTorch eager) the same way.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from ..errors import ArtifactError, BackendUnavailableError, ConfigError
+from ..manifest import read_manifest
+from .base import Backend, check_pixels, default_output_names
+
+
+def _load_ort(directory: Path, **kw) -> Backend:
+    from .ort_backend import OrtBackend
+
+    return OrtBackend.from_artifact(directory, **kw)
+
+
+# artifact format (manifest "artifact.format") -> {backend name: loader(directory, **kw)};
+# the first entry is what backend="auto" picks. TensorRT registers "trt" here.
+ARTIFACT_LOADERS: dict[str, dict[str, Callable[..., Backend]]] = {
+    "onnx": {"ort": _load_ort},
+}
+
+
+def register_artifact_loader(fmt: str, backend: str, loader: Callable[..., Backend]) -> None:
+    ARTIFACT_LOADERS.setdefault(fmt, {})[backend] = loader
+
+
+def load_backend(source, backend: str = "auto", **kw) -> Backend:
+    """A backend for ``source``: an artifact directory (its manifest says which format)
+    or a ``VisionTransformer`` (PyTorch). ``kw`` go to the backend's loader
+    (e.g. ``providers=``, ``threads=`` for ONNX Runtime)."""
+    from ..model import VisionTransformer
+
+    if isinstance(source, VisionTransformer):
+        if backend not in ("auto", "torch", "torch-triton"):
+            raise ConfigError(
+                f"backend: a VisionTransformer runs on 'torch' (or 'auto'), got {backend!r}"
+            )
+        from .torch_backend import TorchBackend
+
+        return TorchBackend(source, **kw)
+    if not isinstance(source, (str, os.PathLike)):
+        raise ConfigError(
+            f"source: expected an artifact directory or a VisionTransformer, "
+            f"got {type(source).__name__}"
+        )
+    directory = Path(source)
+    if not directory.exists():
+        raise ArtifactError(f"expected an artifact directory, got {str(source)!r} (no such path)")
+    manifest = read_manifest(directory)
+    fmt = manifest["artifact"]["format"]
+    loaders = ARTIFACT_LOADERS.get(fmt)
+    if not loaders:
+        raise BackendUnavailableError(
+            f"{directory}: no backend here runs {fmt!r} artifacts; expected one of "
+            f"{sorted(ARTIFACT_LOADERS)}"
+        )
+    name = next(iter(loaders)) if backend == "auto" else backend
+    if name not in loaders:
+        raise ConfigError(
+            f"backend: expected one of {['auto', *loaders]} for a {fmt!r} artifact, got {backend!r}"
+        )
+    return loaders[name](directory, **kw)
+
+
+__all__ = [
+    "ARTIFACT_LOADERS",
+    "Backend",
+    "check_pixels",
+    "default_output_names",
+    "load_backend",
+    "register_artifact_loader",
+]

@@ -1,0 +1,78 @@
+"""What a benchmark run is asked to do, checked before anything long starts."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+from .timing import check_budget
+
+PRECISIONS = ("fp32", "fp16")
+DEFAULT_BATCH_SIZES = (1, 8)
+DEFAULT_SECONDS = 1.0
+DEFAULT_WARMUP = 3
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One ``vit-bench`` run. ``backends=None`` means every registered backend: those that
+    cannot run here are then skipped with the reason; a backend named explicitly that
+    cannot run here is an error (``BackendUnavailableError``) instead."""
+
+    model: str | None = None  # preset, checkpoint path, or None: the bundled default model
+    backends: tuple[str, ...] | None = None
+    precisions: tuple[str, ...] = PRECISIONS
+    batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
+    img_size: int | None = None
+    warmup: int = DEFAULT_WARMUP
+    iters: int | None = None  # a fixed count per case ...
+    seconds: float | None = DEFAULT_SECONDS  # ... or a wall-clock budget per case
+    threads: int | None = None  # None: PyTorch's default, given to ONNX Runtime too
+    repeats: int = 1  # timed rounds per case (their p50s give the run-to-run spread)
+    out: str = "bench_out"
+    artifacts: tuple[str, ...] = ()
+    parity_samples: int | None = None  # None: the whole held-out set / the verifier's count
+    matmul_sizes: tuple[int, ...] | None = None  # None: matmul_peak's defaults
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def check_config(cfg: BenchConfig, known_backends) -> None:
+    """One ConfigError listing every problem (unknown names, empty lists, bad budgets)."""
+    problems = []
+    known = list(known_backends)
+    if cfg.backends is not None:
+        if not cfg.backends:
+            problems.append(f"--backends: expected at least one of {known}, got none")
+        unknown = [b for b in cfg.backends if b not in known]
+        if unknown:
+            problems.append(f"--backends: unknown {unknown}; expected some of {known}")
+    if not cfg.precisions:
+        problems.append(f"--precision: expected at least one of {list(PRECISIONS)}, got none")
+    unknown = [p for p in cfg.precisions if p not in PRECISIONS]
+    if unknown:
+        problems.append(f"--precision: unknown {unknown}; expected some of {list(PRECISIONS)}")
+    if not cfg.batch_sizes:
+        problems.append("--batch-sizes: expected at least one batch size, got none")
+    bad = [b for b in cfg.batch_sizes if not _positive_int(b)]
+    if bad:
+        problems.append(f"--batch-sizes: expected positive ints, got {bad}")
+    try:
+        check_budget(cfg.warmup, cfg.iters, cfg.seconds)
+    except ConfigError as exc:
+        problems.append(str(exc))
+    for name in ("threads", "parity_samples"):
+        value = getattr(cfg, name)
+        if value is not None and not _positive_int(value):
+            problems.append(f"{name}: expected a positive int, got {value!r}")
+    if not _positive_int(cfg.repeats):
+        problems.append(f"repeats: expected a positive int, got {cfg.repeats!r}")
+    if problems:
+        raise ConfigError("; ".join(problems))

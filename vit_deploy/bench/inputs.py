@@ -1,0 +1,121 @@
+"""What is benchmarked: the model (from a preset, a checkpoint or the bundled default) and
+the inputs every backend gets, the same for all of them.
+
+- Bundled default model: the labeled held-out digits, decoded from PNG and preprocessed
+  as serving does it. They are the parity set (so accuracy can be read off every
+  backend) and, tiled, the timing batches.
+- Any other model: no labels, so accuracy is "n/a". The parity set is the export
+  verifier's (``export.verify.parity_inputs``: held-out images resized to the model,
+  plus seeded random pixels), and the timing batches are tiled from it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..config import PRESETS
+from ..errors import ConfigError
+
+DEFAULT_SPECS = (None, "", "default")
+NO_LABELS = "n/a: no labeled held-out set for this model (only the bundled default model has one)"
+
+
+@dataclass
+class ModelSource:
+    """``--model``: a preset name, a checkpoint path, or None / "default" (bundled model).
+    Resolved by the CLI's shared ``resolve_model`` (same errors as every other tool)."""
+
+    spec: str | None = None
+    img_size: int | None = None
+
+    def __post_init__(self):
+        if self.spec in DEFAULT_SPECS:
+            self.spec = None
+        if self.img_size is not None and (
+            not isinstance(self.img_size, int)
+            or isinstance(self.img_size, bool)
+            or self.img_size < 1
+        ):
+            raise ConfigError(f"--img-size: expected a positive int, got {self.img_size!r}")
+
+    @property
+    def is_default(self) -> bool:
+        if self.spec is None:
+            return True
+        from ..assets import DEFAULT_MODEL_DIR
+
+        return Path(self.spec).resolve() == DEFAULT_MODEL_DIR.resolve()
+
+    @property
+    def description(self) -> str:
+        if self.spec is None:
+            return "default (the bundled digits model)"
+        if self.spec in PRESETS:
+            return f"{self.spec} (preset, random weights)"
+        return str(self.spec)
+
+    def load(self, attention: str = "math"):
+        """A fresh model in eval mode, fp32 on the CPU, with the given attention path."""
+        from ..cli.common import resolve_model
+
+        return resolve_model(self.spec, img_size=self.img_size, attention=attention).model
+
+
+@dataclass
+class BenchInputs:
+    timing: np.ndarray  # (max batch, C, S, S) float32: batch B times timing[:B]
+    parity: np.ndarray  # (n, C, S, S) float32
+    labels: np.ndarray | None  # (n,) class indices, or None (no labeled set)
+    description: str
+    prepare_s: float
+
+    def to_dict(self) -> dict:
+        return {
+            "parity_samples": int(len(self.parity)),
+            "labeled": self.labels is not None,
+            "description": self.description,
+            "prepare_s": round(self.prepare_s, 3),
+        }
+
+
+def tile_rows(pixels: np.ndarray, n: int) -> np.ndarray:
+    """``n`` rows from ``pixels``, repeating them in order when there are fewer."""
+    reps = -(-n // len(pixels))
+    return np.ascontiguousarray(np.concatenate([pixels] * reps)[:n])
+
+
+def build_inputs(
+    source: ModelSource, config, max_batch: int, parity_samples: int | None = None
+) -> BenchInputs:
+    start = time.perf_counter()
+    if source.is_default and config.in_chans == 3:
+        from ..assets import heldout_set
+        from ..preprocess import preprocess_batch
+
+        items = heldout_set()
+        if parity_samples is not None:
+            items = items[:parity_samples]
+        pixels = preprocess_batch([p for p, _ in items], config.preprocess).numpy()
+        labels = np.asarray([label for _, label in items], dtype=np.int64)
+        what = f"{len(items)} labeled held-out digits (PNG, preprocessed as served)"
+    else:
+        from ..export.verify import parity_inputs
+
+        found = parity_inputs(config, parity_samples)
+        pixels, labels = found.pixels, None
+        what = (
+            f"{found.real} held-out images resized to the model and "
+            f"{len(pixels) - found.real} seeded random pixel arrays (export.verify.parity_inputs)"
+        )
+    pixels = np.ascontiguousarray(pixels, dtype=np.float32)
+    return BenchInputs(
+        timing=tile_rows(pixels, max_batch),
+        parity=pixels,
+        labels=labels,
+        description=what,
+        prepare_s=time.perf_counter() - start,
+    )

@@ -1,0 +1,178 @@
+"""vit-embed: embed a folder (or glob) of images into .npy or .parquet, streaming, resumable."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..errors import ViTDeployError
+
+DESCRIPTION = """\
+Embed every image in a folder (recursively) or matching a glob pattern with an exported
+artifact, in constant memory: decoding in worker threads, a bounded queue feeding the model,
+rows written as they come. Preprocessing is the artifact's own (manifest "preprocess").
+
+Outputs (written atomically: temp name, then renamed):
+  OUT.npy      float32 (rows, D), plus OUT.npy.paths.txt: line i is row i's path
+  OUT.parquet  columns path (string) and embedding (fixed_size_list<float32>[D])
+  errors       one JSON line {"path", "reason"} per file that could not be decoded
+               (default OUT.errors.jsonl; always written, empty when none failed)
+Rows + failed = inputs, always.
+
+Resume (on by default): work goes into OUT.partial/ in chunks, each written atomically. If
+a run is interrupted, run the same command again: images already embedded (and unchanged
+since) are not recomputed; failed ones are retried. --no-resume discards OUT.partial/."""
+
+EPILOG = """\
+exit status: 0 all embedded; 1 some files failed (listed in the errors file);
+2 bad arguments (missing artifact, no images, unwritable or unknown --out); 130 interrupted.
+
+examples:
+  vit-embed --artifact artifacts/default-fp32 --images photos/ --out photos.parquet
+  vit-embed --artifact art/ --images 'shots/**/*.jpg' --out shots.npy --batch-size 128"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="vit-embed",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--artifact", required=True, help="exported artifact directory (vit-export)")
+    p.add_argument(
+        "--images",
+        required=True,
+        help="a folder (searched recursively for image extensions), one file, or a glob "
+        "pattern (quote it; ** matches folders at any depth)",
+    )
+    p.add_argument("--out", required=True, help="output file: .npy or .parquet")
+    p.add_argument("--batch-size", type=_positive, default=64, help="images per model call (64)")
+    p.add_argument(
+        "--workers",
+        type=_non_negative,
+        default=None,
+        help="decode threads (default: one per core, at most 8; 0 decodes inline)",
+    )
+    p.add_argument("--errors", default=None, help="errors file (default OUT.errors.jsonl)")
+    p.add_argument(
+        "--no-normalize",
+        dest="normalize",
+        action="store_false",
+        help="write raw embeddings (default: L2-normalised rows)",
+    )
+    p.add_argument(
+        "--resume",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="continue an interrupted run from OUT.partial/ (default: on)",
+    )
+    p.add_argument("--backend", default="auto", help="runtime backend (default: auto)")
+    p.add_argument("--threads", type=_positive, default=None, help="ONNX Runtime intra-op threads")
+    p.add_argument(
+        "--chunk-rows", type=_positive, default=1024, help="images per resumable chunk (1024)"
+    )
+    p.add_argument("--report", default=None, help="also write the run's summary as JSON here")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _positive(text: str) -> int:
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from ..embed_pipeline import OutputPlan, discover, embed_files
+    from ..embedder import Embedder
+
+    try:
+        OutputPlan.for_output(args.out, args.errors)  # unwritable or unknown --out: no work done
+        inputs = discover(args.images)
+        backend_kw = {"threads": args.threads} if args.threads else {}
+        embedder = Embedder.from_artifact(args.artifact, backend=args.backend, **backend_kw)
+        result = embed_files(
+            embedder,
+            inputs,
+            args.out,
+            errors=args.errors,
+            resume=args.resume,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            normalize=args.normalize,
+            chunk_rows=args.chunk_rows,
+            progress=not args.quiet,
+        )
+    except ViTDeployError as exc:
+        print(f"vit-embed: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            f"\nvit-embed: interrupted; finished chunks are kept in {args.out}.partial/: run the "
+            "same command again to resume",
+            file=sys.stderr,
+        )
+        return 130
+    print(_summary(result, embedder))
+    if args.report:
+        with open(args.report, "w") as f:
+            json.dump(_report(result, embedder, args), f, indent=2)
+            f.write("\n")
+    return 1 if result.failed else 0
+
+
+def _summary(result, embedder) -> str:
+    lines = [
+        f"vit-embed: {result.inputs} inputs: {result.rows} rows, {result.failed} failed"
+        + (f", {result.reused} reused from an interrupted run" if result.reused else ""),
+        f"vit-embed: {result.processed} images in {result.seconds:.1f} s "
+        f"({result.images_per_s:.0f} img/s, backend {embedder.name}, D={embedder.dim})",
+        f"vit-embed: wrote {result.out}"
+        + (f" (paths in {result.paths_file})" if result.paths_file else ""),
+    ]
+    if result.failed:
+        lines.append(f"vit-embed: {result.failed} failed: reasons in {result.errors_file}")
+    if result.ignored:
+        lines.append(f"vit-embed: ignored {result.ignored} files without an image extension")
+    return "\n".join(lines)
+
+
+def _report(result, embedder, args) -> dict:
+    return {
+        "inputs": result.inputs,
+        "rows": result.rows,
+        "failed": result.failed,
+        "reused": result.reused,
+        "processed": result.processed,
+        "ignored": result.ignored,
+        "seconds": round(result.seconds, 4),
+        "images_per_s": round(result.images_per_s, 2),
+        "backend": embedder.name,
+        "dim": embedder.dim,
+        "batch_size": args.batch_size,
+        "workers": args.workers,
+        "out": str(result.out),
+        "errors_file": str(result.errors_file),
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""The declarative export config: one place for opset, axes, profile and policies."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+
+INPUT_NAME = "pixels"
+BATCH_AXIS = "batch"
+OUTPUT_CHOICES = ("logits", "embedding")
+PRECISIONS = ("fp32", "fp16")
+MIN_OPSET = 17  # LayerNormalization is a single op from opset 17
+MAX_OPSET = 23  # the highest opset whose export ONNX Runtime ran here (tests check 18)
+DEFAULT_OPSET = 18  # torch.onnx's own target (its torchlib): no version conversion
+ATTENTION_EXPORTS = ("math", "native", "onnx-attention")
+ATTENTION_OP_OPSET = 23
+OPTIMIZE_CHOICES = ("auto", "plain", "ort-attention", "ort-transformers")
+
+# Ops that overflow or lose too much in fp16; kept in fp32 by default.
+DEFAULT_FP32_OPS = (
+    "LayerNormalization",
+    "SkipLayerNormalization",
+    "Softmax",
+    "ReduceMean",
+    "ReduceSum",
+    "Pow",
+    "Sqrt",
+    "Exp",
+)
+
+
+@dataclass(frozen=True)
+class BatchProfile:
+    """MIN:OPT:MAX batch sizes: TensorRT builds its optimisation profile from them; the
+    ONNX graph itself takes any batch (a symbolic ``batch`` axis)."""
+
+    min: int = 1
+    opt: int = 8
+    max: int = 32
+
+    def __post_init__(self):
+        if not (isinstance(self.min, int) and self.min >= 1 and self.min <= self.opt <= self.max):
+            raise ConfigError(
+                "batch profile: expected MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX, "
+                f"got {self.min}:{self.opt}:{self.max}"
+            )
+
+    @classmethod
+    def parse(cls, text: str) -> BatchProfile:
+        parts = text.split(":")
+        try:
+            values = [int(p) for p in parts]
+        except ValueError:
+            values = []
+        if len(values) != 3:
+            raise ConfigError(
+                f"--batch: expected MIN:OPT:MAX as three integers (e.g. 1:8:32), got {text!r}"
+            )
+        try:
+            return cls(*values)
+        except ConfigError:
+            raise ConfigError(
+                f"--batch: expected MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX, got {text!r}"
+            ) from None
+
+    def __str__(self) -> str:
+        return f"{self.min}:{self.opt}:{self.max}"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class OnnxExportOptions:
+    precision: str = "fp32"
+    opset: int = DEFAULT_OPSET
+    batch: BatchProfile = dataclasses.field(default_factory=BatchProfile)
+    outputs: tuple[str, ...] | None = None  # None: both when the model has a head
+    fp32_ops: tuple[str, ...] = DEFAULT_FP32_OPS
+    fp32_nodes: tuple[str, ...] = ()  # node names kept in fp32 too (beyond the op types)
+    optimize: str = "auto"
+    verify: bool = True
+    verify_samples: int | None = None  # None: scaled to the model's FLOPs
+    # "math": export a copy of the model with the reference attention path (same weights);
+    # "native": export the model as built (a 'triton' model maps its custom op to ONNX);
+    # "onnx-attention": one ONNX Attention op per block (opset >= 23; from torch's SDPA).
+    attention: str = "math"
+    timing_iters: int = 3
+
+    def __post_init__(self):
+        problems = []
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision: expected one of {PRECISIONS}, got {self.precision!r}")
+        if not (isinstance(self.opset, int) and MIN_OPSET <= self.opset <= MAX_OPSET):
+            problems.append(
+                f"opset: expected an int in [{MIN_OPSET}, {MAX_OPSET}] (LayerNormalization "
+                f"needs >= {MIN_OPSET}), got {self.opset!r}"
+            )
+        if self.outputs is not None:
+            bad = [o for o in self.outputs if o not in OUTPUT_CHOICES]
+            if bad or not self.outputs or len(set(self.outputs)) != len(self.outputs):
+                problems.append(
+                    f"outputs: expected distinct names among {OUTPUT_CHOICES}, "
+                    f"got {list(self.outputs)}"
+                )
+        if self.optimize not in OPTIMIZE_CHOICES:
+            problems.append(f"optimize: expected one of {OPTIMIZE_CHOICES}, got {self.optimize!r}")
+        if self.attention not in ATTENTION_EXPORTS:
+            problems.append(
+                f"attention: expected one of {ATTENTION_EXPORTS}, got {self.attention!r}"
+            )
+        elif self.attention == "onnx-attention" and self.opset < ATTENTION_OP_OPSET:
+            problems.append(
+                f"attention='onnx-attention' needs opset >= {ATTENTION_OP_OPSET} (the ONNX "
+                f"Attention op), got opset {self.opset}"
+            )
+        if self.verify_samples is not None and self.verify_samples < 1:
+            problems.append(f"verify_samples: expected >= 1, got {self.verify_samples}")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    def output_names(self, num_classes: int) -> list[str]:
+        if self.outputs is None:
+            return ["logits", "embedding"] if num_classes else ["embedding"]
+        if "logits" in self.outputs and not num_classes:
+            raise ConfigError(
+                "outputs: 'logits' needs a classification head; this model has num_classes=0 "
+                "(expected --outputs embedding)"
+            )
+        return list(self.outputs)

@@ -1,0 +1,126 @@
+"""Run an artifact against the PyTorch fp32 model on the same inputs and gate the result.
+
+The inputs are real images (the bundled held-out PNGs, decoded and preprocessed to
+the model's own size with its own preprocessing) plus seeded random pixels. Works
+on an artifact directory, a bare ``.onnx`` file, or any ``Backend``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..config import ViTConfig
+from ..model import VisionTransformer
+from ..runtime.base import Backend
+from ..runtime.torch_backend import TorchBackend
+from .parity import GateResult, ParityReport, check_gate, compare_outputs
+
+# about this many multiply-adds x2 of reference + candidate work per verification
+VERIFY_FLOP_BUDGET = 5e11
+MIN_SAMPLES, MAX_SAMPLES = 8, 96
+
+
+@dataclass(frozen=True)
+class ParityInputs:
+    pixels: np.ndarray  # (n, C, S, S) float32
+    real: int  # the first `real` rows are held-out images, the rest random
+
+    def to_dict(self) -> dict:
+        return {
+            "samples": len(self.pixels),
+            "real_images": self.real,
+            "random": len(self.pixels) - self.real,
+        }
+
+
+def default_sample_count(config: ViTConfig) -> int:
+    n = int(VERIFY_FLOP_BUDGET / max(config.flops_per_image(), 1))
+    return max(MIN_SAMPLES, min(MAX_SAMPLES, n))
+
+
+def parity_inputs(config: ViTConfig, samples: int | None = None, seed: int = 0) -> ParityInputs:
+    """Held-out images (about 3/4) and random normal pixels (the rest, at least 2)."""
+    from ..assets import heldout_set
+    from ..errors import ArtifactError
+    from ..preprocess import preprocess_batch
+
+    n = default_sample_count(config) if samples is None else samples
+    n_random = min(n, max(2, n // 4))
+    n_real = n - n_random
+    real = np.zeros((0, config.in_chans, config.img_size, config.img_size), np.float32)
+    if n_real and config.in_chans == 3:
+        try:
+            paths = [path for path, _ in heldout_set()[:n_real]]
+        except ArtifactError:
+            paths = []
+        if paths:
+            pre = config.preprocess
+            if pre.img_size != config.img_size:  # a config built without its preprocessing
+                pre = dataclasses.replace(pre, img_size=config.img_size)
+            real = preprocess_batch(paths, pre).numpy()
+    rng = np.random.default_rng(seed)
+    shape = (n - len(real), config.in_chans, config.img_size, config.img_size)
+    noise = rng.standard_normal(shape, dtype=np.float32)
+    return ParityInputs(np.ascontiguousarray(np.concatenate([real, noise])), real=len(real))
+
+
+def run_batched(backend: Backend, pixels: np.ndarray, batch: int) -> dict[str, np.ndarray]:
+    """Outputs for all rows, ``batch`` rows per call (the last call may be smaller)."""
+    chunks = [backend(pixels[i : i + batch]) for i in range(0, len(pixels), batch)]
+    return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+
+
+def reference_outputs(
+    model: VisionTransformer, pixels: np.ndarray, output_names: list[str], batch: int = 32
+) -> dict[str, np.ndarray]:
+    return run_batched(TorchBackend(model, output_names), pixels, batch)
+
+
+def verify_artifact(
+    source: str | os.PathLike | Backend,
+    reference_model: VisionTransformer,
+    precision: str | None = None,
+    *,
+    inputs: ParityInputs | None = None,
+    reference: dict[str, np.ndarray] | None = None,
+    batch: int | None = None,
+    raise_on_failure: bool = True,
+) -> tuple[ParityReport, GateResult]:
+    """Compare ``source`` (artifact dir, .onnx file or Backend) with ``reference_model``.
+
+    ``precision`` picks the gate (default: the manifest's, else fp32). Raises
+    ParityError (carrying the report) on failure unless ``raise_on_failure=False``.
+    """
+    backend = _as_backend(source, reference_model.config)
+    if precision is None:
+        manifest = backend.manifest or {}
+        precision = manifest.get("precision", {}).get("mode", "fp32")
+    if batch is None:
+        profile = (backend.manifest or {}).get("batch_profile", {})
+        batch = int(profile.get("opt", 8))
+    if inputs is None:
+        inputs = parity_inputs(reference_model.config)
+    if reference is None:
+        reference = reference_outputs(reference_model, inputs.pixels, backend.output_names)
+    candidate = run_batched(backend, inputs.pixels, batch)
+    report = compare_outputs({k: reference[k] for k in backend.output_names}, candidate)
+    gate = check_gate(report, precision)
+    if raise_on_failure:
+        gate.raise_for_failure(report)
+    return report, gate
+
+
+def _as_backend(source, config: ViTConfig) -> Backend:
+    if isinstance(source, Backend):
+        return source
+    from ..runtime.ort_backend import OrtBackend
+
+    path = Path(source)
+    if path.is_dir():
+        return OrtBackend.from_artifact(path)
+    return OrtBackend.from_onnx(path, config)

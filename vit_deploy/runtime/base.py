@@ -1,0 +1,78 @@
+"""The interface every backend shares: preprocessed pixels in, named outputs out.
+
+A backend has ``.name``, ``.config`` (the ``ViTConfig``), ``.manifest`` (dict or None),
+``.output_names``, and ``__call__(pixels) -> {"logits": ..., "embedding": ...}``.
+Inputs are checked before inference, with errors that say what was expected.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+import torch
+
+from ..config import ViTConfig
+from ..errors import InputDTypeError, InputShapeError
+
+INPUT_NAME = "pixels"
+INPUT_DTYPE = np.float32
+
+
+def default_output_names(config: ViTConfig) -> list[str]:
+    """Both outputs when the model has a classification head, else the embedding only."""
+    return ["logits", "embedding"] if config.num_classes else ["embedding"]
+
+
+def check_pixels(pixels: object, config: ViTConfig) -> np.ndarray:
+    """A (B, C, S, S) float32 batch as a C-contiguous numpy array, or a typed error."""
+    if isinstance(pixels, torch.Tensor):
+        if pixels.dtype != torch.float32:
+            raise InputDTypeError(f"expected float32 pixels, got {pixels.dtype}")
+        pixels = pixels.detach().cpu().numpy()
+    if not isinstance(pixels, np.ndarray):
+        raise InputDTypeError(
+            f"expected a numpy array or torch tensor of float32 pixels, got {type(pixels).__name__}"
+        )
+    if pixels.dtype != INPUT_DTYPE:
+        raise InputDTypeError(
+            f"expected float32 pixels, got {pixels.dtype}; preprocess with "
+            "vit_deploy.preprocess.preprocess_batch or cast with .astype(np.float32)"
+        )
+    expected = ("B", config.in_chans, config.img_size, config.img_size)
+    if pixels.ndim != 4:
+        raise InputShapeError(
+            f"expected a 4-D batch of shape {expected}, got {pixels.ndim}-D shape {pixels.shape}"
+        )
+    if pixels.shape[0] < 1 or tuple(pixels.shape[1:]) != expected[1:]:
+        raise InputShapeError(f"expected shape {expected} with B >= 1, got {pixels.shape}")
+    return np.ascontiguousarray(pixels)
+
+
+class Backend(ABC):
+    """Base class: subclasses implement ``_run`` on an already checked numpy batch."""
+
+    name: str = "backend"
+
+    def __init__(
+        self, config: ViTConfig, output_names: list[str], manifest: dict | None = None
+    ) -> None:
+        self.config = config
+        self.output_names = list(output_names)
+        self.manifest = manifest
+
+    def check_input(self, pixels: object) -> np.ndarray:
+        return check_pixels(pixels, self.config)
+
+    def __call__(self, pixels: np.ndarray | torch.Tensor) -> dict[str, np.ndarray]:
+        return self._run(self.check_input(pixels))
+
+    @abstractmethod
+    def _run(self, pixels: np.ndarray) -> dict[str, np.ndarray]: ...
+
+    def __repr__(self) -> str:
+        cfg = self.config
+        return (
+            f"{type(self).__name__}(name={self.name!r}, img_size={cfg.img_size}, "
+            f"outputs={self.output_names})"
+        )

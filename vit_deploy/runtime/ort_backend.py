@@ -1,0 +1,175 @@
+"""ONNX Runtime: loads an exported artifact (checked against its manifest) or any .onnx file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..config import ViTConfig
+from ..errors import ArtifactError, BackendUnavailableError, ConfigError
+from ..manifest import read_manifest, verify_checksum
+from .base import INPUT_NAME, Backend, default_output_names
+
+# Tried in this order when present in ort.get_available_providers(); CPU is always last.
+PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+OUTPUT_NAMES = ("logits", "embedding")
+
+
+def _ort():
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f"ONNX Runtime is not installed ({exc}); expected 'pip install onnxruntime'"
+        ) from exc
+    return onnxruntime
+
+
+def pick_providers(requested: list[str] | None = None) -> list[str]:
+    """The requested providers (each must be available), or the best available ones."""
+    available = _ort().get_available_providers()
+    if requested:
+        missing = [p for p in requested if p not in available]
+        if missing:
+            raise BackendUnavailableError(
+                f"execution providers {missing} are not available here; expected some of "
+                f"{available}"
+            )
+        return list(requested)
+    return [p for p in PREFERRED_PROVIDERS if p in available] + ["CPUExecutionProvider"]
+
+
+def session_options(
+    threads: int | None = None,
+    optimization: str = "all",
+    optimized_model_path: str | os.PathLike | None = None,
+):
+    """SessionOptions: intra-op threads, graph optimisation level, and (optionally) where
+    ONNX Runtime should save the graph it actually runs, for fusion counting."""
+    ort = _ort()
+    levels = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
+    if optimization not in levels:
+        raise ConfigError(f"optimization: expected one of {sorted(levels)}, got {optimization!r}")
+    so = ort.SessionOptions()
+    so.graph_optimization_level = levels[optimization]
+    so.log_severity_level = 3  # errors only: the NCHWc "hardware specific" notice is expected
+    if threads is not None:
+        if threads < 1:
+            raise ConfigError(f"threads: expected a positive int, got {threads}")
+        so.intra_op_num_threads = threads
+    if optimized_model_path is not None:
+        so.optimized_model_filepath = os.fspath(optimized_model_path)
+        # weights in a side file: the graph (what fusion counting reads) stays small
+        data_name = Path(optimized_model_path).name + ".data"
+        so.add_session_config_entry(
+            "session.optimized_model_external_initializers_file_name", data_name
+        )
+        so.add_session_config_entry(
+            "session.optimized_model_external_initializers_min_size_in_bytes", "1024"
+        )
+    return so
+
+
+class OrtBackend(Backend):
+    name = "ort"
+
+    def __init__(
+        self,
+        session,
+        config: ViTConfig,
+        manifest: dict | None = None,
+        source: str = "model",
+    ):
+        outputs = [o.name for o in session.get_outputs()]
+        unknown = [n for n in outputs if n not in OUTPUT_NAMES]
+        if unknown:
+            raise ArtifactError(
+                f"{source}: expected outputs among {list(OUTPUT_NAMES)}, got {outputs}"
+            )
+        inputs = session.get_inputs()
+        if [i.name for i in inputs] != [INPUT_NAME]:
+            raise ArtifactError(
+                f"{source}: expected one input named {INPUT_NAME!r}, got {[i.name for i in inputs]}"
+            )
+        want = [config.in_chans, config.img_size, config.img_size]
+        if list(inputs[0].shape[1:]) != want:
+            raise ArtifactError(
+                f"{source}: input shape {inputs[0].shape} does not match the model config "
+                f"(expected [batch, {', '.join(map(str, want))}])"
+            )
+        super().__init__(config, outputs, manifest)
+        self.session = session
+        self.providers = session.get_providers()
+
+    @classmethod
+    def from_onnx(
+        cls,
+        path: str | os.PathLike,
+        config: ViTConfig,
+        *,
+        providers: list[str] | None = None,
+        threads: int | None = None,
+        optimization: str = "all",
+        optimized_model_path: str | os.PathLike | None = None,
+        manifest: dict | None = None,
+    ) -> OrtBackend:
+        """Any .onnx file that takes ``pixels`` and returns logits and/or embedding."""
+        path = Path(path)
+        if not path.is_file():
+            raise ArtifactError(f"expected an ONNX file, got {str(path)!r} (no such file)")
+        ort = _ort()
+        so = session_options(threads, optimization, optimized_model_path)
+        chosen = pick_providers(providers)
+        try:
+            session = ort.InferenceSession(str(path), so, providers=chosen)
+        except Exception as exc:  # ORT raises its own types (InvalidProtobuf, Fail, ...)
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc)
+            raise ArtifactError(
+                f"{path}: expected an ONNX model that ONNX Runtime can load, could not load it "
+                f"({first_line})"
+            ) from exc
+        return cls(session, config, manifest=manifest, source=str(path))
+
+    @classmethod
+    def from_artifact(
+        cls,
+        directory: str | os.PathLike,
+        providers: list[str] | None = None,
+        threads: int | None = None,
+        *,
+        verify: bool = True,
+        optimization: str = "all",
+    ) -> OrtBackend:
+        """An exported directory: manifest read and checked (format version, sha256)."""
+        directory = Path(directory)
+        manifest = read_manifest(directory)
+        fmt = manifest["artifact"]["format"]
+        if fmt != "onnx":
+            raise ArtifactError(
+                f"{directory}: expected an 'onnx' artifact for ONNX Runtime, got {fmt!r}"
+            )
+        if verify:
+            verify_checksum(directory, manifest)
+        config = ViTConfig.from_dict(manifest["model"])
+        return cls.from_onnx(
+            directory / manifest["artifact"]["file"],
+            config,
+            providers=providers,
+            threads=threads,
+            optimization=optimization,
+            manifest=manifest,
+        )
+
+    def _run(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        values = self.session.run(self.output_names, {INPUT_NAME: pixels})
+        return dict(zip(self.output_names, values, strict=True))
+
+
+__all__ = ["OrtBackend", "pick_providers", "session_options", "default_output_names"]
