@@ -174,9 +174,14 @@ def test_unknown_artifact_format_and_backend(artifact_copy, model):
     with pytest.raises(ConfigError, match="expected an artifact directory or a VisionTransformer"):
         load_backend(42)
     manifest = read_manifest(artifact_copy)
+    manifest["artifact"]["format"] = "openvino"
+    write_manifest(artifact_copy, manifest)
+    with pytest.raises(BackendUnavailableError, match="no backend here runs 'openvino' artifacts"):
+        load_backend(artifact_copy)
+    # a TensorRT artifact has a loader, which refuses here (no GPU, no TensorRT)
     manifest["artifact"]["format"] = "trt"
     write_manifest(artifact_copy, manifest)
-    with pytest.raises(BackendUnavailableError, match="no backend here runs 'trt' artifacts"):
+    with pytest.raises(BackendUnavailableError, match="TensorRT|CUDA"):
         load_backend(artifact_copy)
     with pytest.raises(ArtifactError, match="expected an 'onnx' artifact"):
         OrtBackend.from_artifact(artifact_copy)

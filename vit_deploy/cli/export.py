@@ -59,7 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="onnx",
         help=f"artifact format, one of {', '.join(FORMATS)} (default: onnx)",
     )
-    p.add_argument("--precision", default="fp32", help=f"one of {', '.join(PRECISIONS)}")
+    p.add_argument(
+        "--precision",
+        default=None,
+        help=f"one of {', '.join(PRECISIONS)} (default: fp32 for onnx, fp16 for trt)",
+    )
     p.add_argument(
         "--batch",
         default="1:8:32",
@@ -231,11 +235,12 @@ def run(args: argparse.Namespace) -> int:
     from ..export.pipeline import STAGES
     from ..export.progress import Stages
     from ..export.registry import get_format
+    from ..export.trt_precision import resolve_precision
 
     fmt = get_format(args.fmt)
     exporter = fmt.load()  # BackendUnavailableError before any work when it cannot run here
-    if args.fmt == "onnx":
-        args.onnx_options = onnx_options(args)
+    args.precision = resolve_precision(args.fmt, args.precision)
+    args.onnx_options = onnx_options(args)  # trt builds from the ONNX of the same precision
     if args.out is not None:
         check_out_dir(Path(args.out))
     stages = Stages(STAGES, enabled=not args.quiet and sys.stderr.isatty(), desc=PROG)
@@ -244,7 +249,8 @@ def run(args: argparse.Namespace) -> int:
             build_attention = "triton" if args.attention == "triton" else "math"
             resolved = resolve_model(args.model, img_size=args.img_size, attention=build_attention)
         if args.out is None:
-            args.out = str(Path("artifacts") / f"{resolved.name}-{args.precision}")
+            kind = "" if args.fmt == "onnx" else f"{args.fmt}-"
+            args.out = str(Path("artifacts") / f"{resolved.name}-{kind}{args.precision}")
             check_out_dir(Path(args.out))
         warnings = [resolved.warning] if resolved.warning else []
         for w in warnings:
@@ -253,6 +259,10 @@ def run(args: argparse.Namespace) -> int:
     finally:
         stages.close()
     print_summary(result, resolved.description, warnings)
+    if args.fmt == "trt":
+        from ..export.trt_cli import summary_lines
+
+        print("\n".join(summary_lines(result.manifest)))
     return EXIT_OK if result.gate is None or result.gate.passed else EXIT_FAILURE
 
 

@@ -5,7 +5,7 @@ the signature ``fn(model, args, *, source, stages) -> ExportResult``, where ``ar
 is the parsed ``vit-export`` namespace. ``available()`` returns None when the format
 can run here, else the one-line reason it cannot; ``arguments`` optionally names a
 function that adds the format's own options to the parser. To add a format
-(TensorRT), replace the placeholder entry below or call ``register_format``.
+call ``register_format``.
 """
 
 from __future__ import annotations
@@ -47,7 +47,9 @@ def _resolve(spec: str) -> Callable:
 
 
 def _tensorrt_unavailable() -> str | None:
-    return "TensorRT export not available here; use --fmt onnx"
+    from .trt_cli import trt_unavailable_reason
+
+    return trt_unavailable_reason()
 
 
 FORMATS: dict[str, ExportFormat] = {}
@@ -70,4 +72,12 @@ register_format(
         "vit_deploy.cli.export:export_onnx_from_args",
     )
 )
-register_format(ExportFormat("trt", "TensorRT engine", None, _tensorrt_unavailable))
+register_format(
+    ExportFormat(
+        "trt",
+        "TensorRT engine (fp16 by default), built from the verified ONNX of the same precision",
+        "vit_deploy.export.trt_cli:export_trt_from_args",
+        _tensorrt_unavailable,
+        arguments="vit_deploy.export.trt_cli:add_trt_arguments",
+    )
+)

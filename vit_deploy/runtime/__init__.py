@@ -24,10 +24,17 @@ def _load_ort(directory: Path, **kw) -> Backend:
     return OrtBackend.from_artifact(directory, **kw)
 
 
+def _load_trt(directory: Path, **kw) -> Backend:
+    from .trt_backend import TensorRTBackend  # imports tensorrt only when constructed
+
+    return TensorRTBackend(directory, **kw)
+
+
 # artifact format (manifest "artifact.format") -> {backend name: loader(directory, **kw)};
-# the first entry is what backend="auto" picks. TensorRT registers "trt" here.
+# the first entry is what backend="auto" picks.
 ARTIFACT_LOADERS: dict[str, dict[str, Callable[..., Backend]]] = {
     "onnx": {"ort": _load_ort},
+    "trt": {"tensorrt": _load_trt},
 }
 
 
@@ -39,9 +46,14 @@ def load_backend(source, backend: str = "auto", **kw) -> Backend:
     """A backend for ``source``: an artifact directory (its manifest says which format)
     or a ``VisionTransformer`` (PyTorch). ``kw`` go to the backend's loader
     (e.g. ``providers=``, ``threads=`` for ONNX Runtime)."""
-    from ..model import VisionTransformer
+    if not isinstance(source, (str, os.PathLike)):
+        from ..model import VisionTransformer  # imports torch: only when given a model
 
-    if isinstance(source, VisionTransformer):
+        if not isinstance(source, VisionTransformer):
+            raise ConfigError(
+                f"source: expected an artifact directory or a VisionTransformer, "
+                f"got {type(source).__name__}"
+            )
         if backend not in ("auto", "torch", "torch-triton"):
             raise ConfigError(
                 f"backend: a VisionTransformer runs on 'torch' (or 'auto'), got {backend!r}"
@@ -49,11 +61,6 @@ def load_backend(source, backend: str = "auto", **kw) -> Backend:
         from .torch_backend import TorchBackend
 
         return TorchBackend(source, **kw)
-    if not isinstance(source, (str, os.PathLike)):
-        raise ConfigError(
-            f"source: expected an artifact directory or a VisionTransformer, "
-            f"got {type(source).__name__}"
-        )
     directory = Path(source)
     if not directory.exists():
         raise ArtifactError(f"expected an artifact directory, got {str(source)!r} (no such path)")

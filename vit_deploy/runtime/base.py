@@ -10,10 +10,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 import numpy as np
-import torch
 
 from ..config import ViTConfig
 from ..errors import InputDTypeError, InputShapeError
+from ..preprocess import is_tensor
 
 INPUT_NAME = "pixels"
 INPUT_DTYPE = np.float32
@@ -26,8 +26,8 @@ def default_output_names(config: ViTConfig) -> list[str]:
 
 def check_pixels(pixels: object, config: ViTConfig) -> np.ndarray:
     """A (B, C, S, S) float32 batch as a C-contiguous numpy array, or a typed error."""
-    if isinstance(pixels, torch.Tensor):
-        if pixels.dtype != torch.float32:
+    if is_tensor(pixels):  # without importing torch: ONNX Runtime serving never needs it
+        if str(pixels.dtype) != "torch.float32":
             raise InputDTypeError(f"expected float32 pixels, got {pixels.dtype}")
         pixels = pixels.detach().cpu().numpy()
     if not isinstance(pixels, np.ndarray):
@@ -64,7 +64,7 @@ class Backend(ABC):
     def check_input(self, pixels: object) -> np.ndarray:
         return check_pixels(pixels, self.config)
 
-    def __call__(self, pixels: np.ndarray | torch.Tensor) -> dict[str, np.ndarray]:
+    def __call__(self, pixels) -> dict[str, np.ndarray]:
         return self._run(self.check_input(pixels))
 
     @abstractmethod
