@@ -301,7 +301,7 @@ def _fake_onnx_artifact(path: Path, sha: str = "0" * 64) -> Path:
 
 def _fake_engine(path: Path) -> Path:
     """A TensorRT artifact as vit-export writes it, with bytes no GPU will ever run."""
-    from vit_deploy.export.trt_plan import ENGINE_SECTION_FORMAT
+    from vit_deploy.export.trt_env import ENGINE_SECTION_FORMAT
     from vit_deploy.manifest import file_entry
 
     path.mkdir(parents=True)

@@ -32,26 +32,38 @@ from vit_deploy.errors import (
     InputShapeError,
     ManifestError,
 )
-from vit_deploy.export import trt_plan as tp
-from vit_deploy.export.trt_plan import (
-    BatchProfile,
-    Chunk,
-    Fp32Keep,
-    NodeInfo,
-    check_engine_compat,
-    engine_manifest_section,
-    fusion_report,
-    next_fp32_keep_list,
-    parse_batch_profile,
-    parse_engine_information,
-    plan_chunks,
+from vit_deploy.export import (
+    batch_profile,
+    trt_env,
+    trt_fp16,
+    trt_fusion,
+    trt_graph,
+    trt_inspect,
+    trt_precision,
 )
+from vit_deploy.export.batch_profile import BatchProfile, Chunk, parse_batch_profile, plan_chunks
+from vit_deploy.export.trt_env import check_engine_compat, engine_manifest_section
+from vit_deploy.export.trt_fusion import fusion_report
+from vit_deploy.export.trt_graph import NodeInfo
+from vit_deploy.export.trt_inspect import parse_engine_information
+from vit_deploy.export.trt_precision import Fp32Keep, next_fp32_keep_list
 
 ROOT = Path(__file__).resolve().parents[1]
-TRT_SOURCES = [
-    ROOT / "vit_deploy" / "export" / "trt_build.py",
-    ROOT / "vit_deploy" / "runtime" / "trt_backend.py",
-]
+TRT_BUILD = ROOT / "vit_deploy" / "export" / "trt_build.py"  # every TensorRT build call
+
+
+def _trt_sources() -> list[Path]:
+    """Every module that touches TensorRT: the build calls first, the backend, the other
+    ``export/trt_*.py`` modules, and any other source that imports ``tensorrt``."""
+    sources = [TRT_BUILD, ROOT / "vit_deploy" / "runtime" / "trt_backend.py"]
+    sources += sorted((ROOT / "vit_deploy" / "export").glob("trt_*.py"))
+    for path in sorted((ROOT / "vit_deploy").rglob("*.py")):
+        if re.search(r"^\s*(import tensorrt|from tensorrt\b)", path.read_text(), re.MULTILINE):
+            sources.append(path)
+    return list(dict.fromkeys(sources))
+
+
+TRT_SOURCES = _trt_sources()
 
 
 def _tensorrt_importable() -> bool:
@@ -108,10 +120,10 @@ def test_single_number_is_refused_with_both_meanings():
 def test_profile_from_the_onnx_export_options():
     from vit_deploy.export.options import BatchProfile as OnnxProfile
 
-    assert tp.as_profile(OnnxProfile(2, 4, 8)) == BatchProfile(2, 4, 8)
-    assert tp.as_profile("1:8:32") == BatchProfile(1, 8, 32)
+    assert batch_profile.as_profile(OnnxProfile(2, 4, 8)) == BatchProfile(2, 4, 8)
+    assert batch_profile.as_profile("1:8:32") == BatchProfile(1, 8, 32)
     with pytest.raises(ConfigError):
-        tp.as_profile(8)
+        batch_profile.as_profile(8)
 
 
 def test_profile_round_trips_through_dict():
@@ -146,11 +158,11 @@ def test_chunks_below_min_are_padded():
 
 
 def test_precision_defaults_per_format():
-    assert tp.resolve_precision("trt", None) == "fp16"
-    assert tp.resolve_precision("onnx", None) == "fp32"
-    assert tp.resolve_precision("trt", "fp32") == "fp32"
+    assert trt_precision.resolve_precision("trt", None) == "fp16"
+    assert trt_precision.resolve_precision("onnx", None) == "fp32"
+    assert trt_precision.resolve_precision("trt", "fp32") == "fp32"
     with pytest.raises(ConfigError, match="expected one of"):
-        tp.resolve_precision("trt", "int8")
+        trt_precision.resolve_precision("trt", "int8")
 
 
 # ------------------------------------------------------------------ fp32 escalation
@@ -205,37 +217,37 @@ TS_NODES = [
 
 def test_scopes_from_both_exporters():
     dynamo_meta = {"pkg.torch.onnx.name_scopes": "['', 'blocks.1', 'blocks.1.attn', 'matmul_2']"}
-    scope = tp.node_scope("node_matmul_2", dynamo_meta)
+    scope = trt_graph.node_scope("node_matmul_2", dynamo_meta)
     assert scope == "blocks.1/blocks.1.attn/matmul_2"
-    assert tp.block_index(scope) == 1
-    assert tp.is_attention_matmul(NodeInfo("node_matmul_2", "MatMul", scope))
-    qkv = tp.node_scope(
+    assert trt_graph.block_index(scope) == 1
+    assert trt_graph.is_attention_matmul(NodeInfo("node_matmul_2", "MatMul", scope))
+    qkv = trt_graph.node_scope(
         "node_MatMul_52",
         {"pkg.torch.onnx.name_scopes": "['', 'blocks.1', 'blocks.1.attn', 'blocks.1.attn.qkv']"},
     )
-    assert not tp.is_attention_matmul(NodeInfo("node_MatMul_52", "MatMul", qkv))
-    assert tp.node_scope("/blocks.11/attn/MatMul") == "/blocks.11/attn/MatMul"
-    assert tp.block_index("/blocks.11/attn/MatMul") == 11
-    assert tp.block_index("/head/Gemm") is None
+    assert not trt_graph.is_attention_matmul(NodeInfo("node_MatMul_52", "MatMul", qkv))
+    assert trt_graph.node_scope("/blocks.11/attn/MatMul") == "/blocks.11/attn/MatMul"
+    assert trt_graph.block_index("/blocks.11/attn/MatMul") == 11
+    assert trt_graph.block_index("/head/Gemm") is None
 
 
 def test_resolve_fp32_nodes_per_level():
     keep = Fp32Keep()
-    assert tp.resolve_fp32_nodes(keep, TS_NODES, depth=3) == []  # op types only
+    assert trt_precision.resolve_fp32_nodes(keep, TS_NODES, depth=3) == []  # op types only
     keep = next_fp32_keep_list(keep)
-    assert tp.resolve_fp32_nodes(keep, TS_NODES, depth=3) == [
+    assert trt_precision.resolve_fp32_nodes(keep, TS_NODES, depth=3) == [
         "/blocks.0/attn/MatMul",
         "/blocks.0/attn/MatMul_1",
         "/blocks.1/attn/MatMul",
         "/blocks.2/attn/MatMul",
     ]
     keep = next_fp32_keep_list(keep)
-    edge = tp.resolve_fp32_nodes(keep, TS_NODES, depth=3)
+    edge = trt_precision.resolve_fp32_nodes(keep, TS_NODES, depth=3)
     assert "/patch_embed/proj/Conv" in edge and "/head/Gemm" in edge  # outside the blocks
     assert "/blocks.0/attn/qkv/MatMul" in edge and "/blocks.2/mlp/fc1/MatMul" in edge
     assert "/blocks.1/mlp/fc1/MatMul" not in edge  # a middle block keeps fp16 there
     keep = next_fp32_keep_list(keep)
-    assert len(tp.resolve_fp32_nodes(keep, TS_NODES, depth=3)) == len(TS_NODES)
+    assert len(trt_precision.resolve_fp32_nodes(keep, TS_NODES, depth=3)) == len(TS_NODES)
 
 
 def test_onnx_node_infos_read_dynamo_metadata():
@@ -250,9 +262,9 @@ def test_onnx_node_infos_read_dynamo_metadata():
     vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 2]) for n in "abd"]
     model = helper.make_model(helper.make_graph([node, sm], "g", vi[:2], vi[2:]))
     onnx.checker.check_model(model)
-    infos = tp.onnx_node_infos(model)
+    infos = trt_graph.onnx_node_infos(model)
     assert infos[0] == NodeInfo("node_matmul", "MatMul", "blocks.0/blocks.0.attn/matmul")
-    assert tp.attention_core_nodes(infos) == {"node_matmul": 0, "/blocks.0/attn/Softmax": 0}
+    assert trt_graph.attention_core_nodes(infos) == {"node_matmul": 0, "/blocks.0/attn/Softmax": 0}
 
 
 def test_fp16_converter_falls_back_without_modelopt():
@@ -261,7 +273,7 @@ def test_fp16_converter_falls_back_without_modelopt():
         if importlib.util.find_spec("modelopt") is not None
         else "onnxconverter-common"
     )
-    assert tp.fp16_converter() == expected
+    assert trt_fp16.fp16_converter() == expected
 
 
 # ------------------------------------------------------------------ inspector JSON
@@ -434,7 +446,7 @@ def test_parse_names_only_and_bad_json():
     ],
 )
 def test_parse_dtype(dtype_text, expected):
-    assert tp.parse_dtype(dtype_text) == expected
+    assert trt_inspect.parse_dtype(dtype_text) == expected
 
 
 # ------------------------------------------------------------------ fusion report
@@ -446,7 +458,7 @@ def test_fusion_report_fused(make, sample):
     assert report.status == "fused" and report.all_fused and report.n_fused == 2
     assert [b.status for b in report.blocks] == ["fused", "fused"]
     assert report.fused_layers == ("_gemm_mha_v2_myl0_0", "_gemm_mha_v2_myl0_1")
-    text = tp.format_fusion_report(report)
+    text = trt_fusion.format_fusion_report(report)
     assert "fused (2/2 blocks fused)" in text and "WARNING" not in text
     assert json.loads(json.dumps(report.to_dict()))["fused_blocks"] == 2
 
@@ -456,7 +468,7 @@ def test_fusion_report_not_fused_warns_loudly(make, sample):
     report = fusion_report(parse_engine_information(sample(_unfused_layers(make))), depth=2)
     assert report.status == "not_fused" and report.n_fused == 0
     assert all(b.status == "not_fused" for b in report.blocks)
-    assert "WARNING: attention is NOT fused" in tp.format_fusion_report(report)
+    assert "WARNING: attention is NOT fused" in trt_fusion.format_fusion_report(report)
 
 
 def test_fusion_report_partial():
@@ -515,19 +527,21 @@ def test_fusion_report_unknown_cases():
 
 def test_user_names_containing_mha_are_not_mistaken_for_kernels():
     # a model whose module is called "mha": its ONNX names must not count as fused kernels
-    layer = tp.LayerInfo(
+    layer = trt_inspect.LayerInfo(
         name="/encoder/mha/attn/MatMul", layer_type="gemm", tactic="sm80_xmma_gemm"
     )
-    assert not tp.is_fused_attention_layer(layer)
-    assert tp.is_fused_attention_layer(
-        tp.LayerInfo(name="x", tactic="fmha_v2_flash_attention_fp16")
+    assert not trt_fusion.is_fused_attention_layer(layer)
+    assert trt_fusion.is_fused_attention_layer(
+        trt_inspect.LayerInfo(name="x", tactic="fmha_v2_flash_attention_fp16")
     )
-    assert tp.is_fused_attention_layer(tp.LayerInfo(name="_gemm_mha_v2_myl0_17", layer_type="kgen"))
+    assert trt_fusion.is_fused_attention_layer(
+        trt_inspect.LayerInfo(name="_gemm_mha_v2_myl0_17", layer_type="kgen")
+    )
 
 
 # ------------------------------------------------------------------ manifest & compatibility
 
-FAKE_ENV = tp.environment("10.13.0.35", "12.8", "NVIDIA H100 80GB HBM3", "9.0")
+FAKE_ENV = trt_env.environment("10.13.0.35", "12.8", "NVIDIA H100 80GB HBM3", "9.0")
 
 
 def _section(**over):
@@ -553,14 +567,14 @@ def _section(**over):
 
 def test_engine_section_from_fake_env():
     s = _section(attempts=[{"fp32_keep": "default fp32 ops", "passed": True}])
-    assert s["format"] == tp.ENGINE_SECTION_FORMAT
+    assert s["format"] == trt_env.ENGINE_SECTION_FORMAT
     assert s["tensorrt_version"] == "10.13.0.35" and s["compute_capability"] == "9.0"
     assert s["gpu_name"] == "NVIDIA H100 80GB HBM3" and s["cuda_version"] == "12.8"
     assert s["profile"] == {"min": 1, "opt": 8, "max": 32}
     assert s["precision"] == "fp16" and "Softmax" in s["fp32_keep"]["op_types"]
     assert s["sha256"] == "ab" * 32 and s["file"] == "model.engine"
     assert json.loads(json.dumps(s)) == s  # JSON-ready
-    tp.check_engine_section(s)
+    trt_env.check_engine_section(s)
 
 
 def test_all_fp32_escalation_is_recorded_as_fp32():
@@ -577,7 +591,7 @@ def test_engine_section_checks():
         ({**s, "profile": {"min": 1}}, "engine profile"),
     ]:
         with pytest.raises(ManifestError, match=msg):
-            tp.check_engine_section(broken)
+            trt_env.check_engine_section(broken)
 
 
 def test_compat_same_machine_has_no_differences():
@@ -585,7 +599,7 @@ def test_compat_same_machine_has_no_differences():
 
 
 def test_compat_lists_every_difference():
-    here = tp.environment("11.4.0.1", "13.0", "NVIDIA L4", "8.9")
+    here = trt_env.environment("11.4.0.1", "13.0", "NVIDIA L4", "8.9")
     diffs = check_engine_compat(_section(), here)
     assert diffs == [
         "TensorRT version: built with 10.13.0.35, here 11.4.0.1",
@@ -594,12 +608,12 @@ def test_compat_lists_every_difference():
     ]
     # CUDA alone differing is not a refusal
     assert check_engine_compat(_section(), dict(FAKE_ENV, cuda_version="13.0")) == []
-    missing = check_engine_compat(_section(), tp.environment(None, None, None, None))
+    missing = check_engine_compat(_section(), trt_env.environment(None, None, None, None))
     assert "TensorRT version: built with 10.13.0.35, none here" in missing
 
 
 def test_rebuild_command_is_exact():
-    assert tp.rebuild_command(_section()) == (
+    assert trt_env.rebuild_command(_section()) == (
         "vit-export --model vit_small_patch16_224 --fmt trt --precision fp16 "
         "--batch 1:8:32 --img-size 224 --out artifacts/trt"
     )
@@ -635,7 +649,7 @@ def test_mismatch_message_names_differences_and_command():
     msg = engine_mismatch_message(Path("a/model.engine"), _section(), diffs)
     assert "a/model.engine was built for another machine" in msg
     assert "  - TensorRT version: built with 10.13.0.35, here 11.4.0.1" in msg
-    assert msg.endswith(tp.rebuild_command(_section()))
+    assert msg.endswith(trt_env.rebuild_command(_section()))
 
 
 # ------------------------------------------------------------------ refusal paths (no GPU)
@@ -685,18 +699,18 @@ def test_every_tensorrt_call_cites_its_doc_page():
 @pytest.mark.skipif(HAS_TRT_GPU, reason="tests the refusal on machines without TensorRT/GPU")
 def test_require_tensorrt_refuses_in_one_line():
     with pytest.raises(BackendUnavailableError) as err:
-        tp.require_tensorrt()
+        trt_env.require_tensorrt()
     msg = str(err.value)
     assert "\n" not in msg
     assert msg.startswith("vit-export --fmt trt needs TensorRT >= 10.12 and a CUDA GPU:")
     assert "vit-export --fmt onnx" in msg
-    problems = tp.tensorrt_problems()
+    problems = trt_env.tensorrt_problems()
     assert problems and all(p in msg for p in problems)
 
 
 def test_require_tensorrt_passes_when_nothing_is_missing(monkeypatch):
-    monkeypatch.setattr(tp, "tensorrt_problems", lambda: [])
-    tp.require_tensorrt()
+    monkeypatch.setattr(trt_env, "tensorrt_problems", lambda: [])
+    trt_env.require_tensorrt()
 
 
 def test_old_tensorrt_is_reported(monkeypatch):
@@ -704,13 +718,14 @@ def test_old_tensorrt_is_reported(monkeypatch):
     fake.__version__ = "10.3.0"
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
     assert any(
-        "TensorRT 10.3.0 is too old (expected >= 10.12)" in p for p in tp.tensorrt_problems()
+        "TensorRT 10.3.0 is too old (expected >= 10.12)" in p for p in trt_env.tensorrt_problems()
     )
 
 
 def test_backend_module_imports_without_tensorrt():
     code = (
-        "import sys; import vit_deploy.runtime.trt_backend, vit_deploy.export.trt_build; "
+        "import sys; import vit_deploy.runtime.trt_backend, vit_deploy.export.trt_build, "
+        "vit_deploy.export.trt_export, vit_deploy.export.trt_cli; "
         "assert 'tensorrt' not in sys.modules; print('ok')"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
@@ -729,7 +744,7 @@ def test_backend_without_tensorrt_is_unavailable(tmp_path):
 
 @pytest.mark.skipif(HAS_TRT_GPU, reason="tests the refusal on machines without TensorRT/GPU")
 def test_export_trt_refuses_before_writing_anything(tmp_path):
-    from vit_deploy.export.trt_build import export_trt
+    from vit_deploy.export.trt_export import export_trt
 
     out = tmp_path / "engine_out"
     with pytest.raises(BackendUnavailableError, match="--fmt onnx"):
@@ -739,15 +754,15 @@ def test_export_trt_refuses_before_writing_anything(tmp_path):
 
 @pytest.mark.skipif(HAS_TRT_GPU, reason="tests the refusal on machines without TensorRT/GPU")
 def test_vit_export_fmt_trt_refuses_in_one_line(tmp_path, monkeypatch, capsys):
-    # the registry entry the CLI uses for --fmt trt (see the wiring in trt_build's docs)
+    # the registry entry the CLI uses for --fmt trt (see the wiring in trt_cli's docs)
     from vit_deploy.cli import export as cli_export
     from vit_deploy.export import registry
-    from vit_deploy.export.trt_build import trt_unavailable_reason
+    from vit_deploy.export.trt_cli import trt_unavailable_reason
 
     entry = registry.ExportFormat(
         "trt",
         "TensorRT engine",
-        "vit_deploy.export.trt_build:export_trt_from_args",
+        "vit_deploy.export.trt_cli:export_trt_from_args",
         trt_unavailable_reason,
     )
     monkeypatch.setitem(registry.FORMATS, "trt", entry)
@@ -762,7 +777,8 @@ def test_vit_export_fmt_trt_refuses_in_one_line(tmp_path, monkeypatch, capsys):
 
 
 def test_build_options_are_checked():
-    from vit_deploy.export.trt_build import BuildOptions, _model_arg
+    from vit_deploy.export.trt_artifact import _model_arg
+    from vit_deploy.export.trt_build import BuildOptions
 
     BuildOptions(BatchProfile(1, 8, 32))
     with pytest.raises(ConfigError) as err:
@@ -777,7 +793,7 @@ def test_build_options_are_checked():
 def test_trt_arguments_parse():
     import argparse
 
-    from vit_deploy.export.trt_build import add_trt_arguments
+    from vit_deploy.export.trt_cli import add_trt_arguments
 
     p = argparse.ArgumentParser()
     add_trt_arguments(p)
@@ -841,13 +857,13 @@ def _fake_inspector_json(depth=2):
 def fake_tensorrt(monkeypatch):
     """TensorRT 'present', with a fake build and inspector; engine parity from ONNX Runtime
     on the same graph, failed on purpose for the attempts listed in ``state['fail']``."""
-    from vit_deploy.export import trt_build
+    from vit_deploy.export import trt_build, trt_export
     from vit_deploy.export.verify import verify_artifact
     from vit_deploy.runtime.ort_backend import OrtBackend
 
     state = {"fail": set(), "calls": 0, "built": []}
-    monkeypatch.setattr(tp, "tensorrt_problems", lambda: [])
-    monkeypatch.setattr(tp, "capture_environment", lambda: FAKE_ENV)
+    monkeypatch.setattr(trt_env, "tensorrt_problems", lambda: [])
+    monkeypatch.setattr(trt_env, "capture_environment", lambda: FAKE_ENV)
 
     def build(onnx_path, options, **kw):
         state["built"].append(Path(onnx_path).read_bytes())
@@ -871,7 +887,7 @@ def fake_tensorrt(monkeypatch):
 
     monkeypatch.setattr(trt_build, "build_engine", build)
     monkeypatch.setattr(trt_build, "inspect_engine", lambda *a, **k: _fake_inspector_json())
-    monkeypatch.setattr(trt_build, "_engine_parity", parity)
+    monkeypatch.setattr(trt_export, "_engine_parity", parity)
     return state
 
 
@@ -883,7 +899,8 @@ def _small_onnx_options():
 
 @pytest.mark.slow
 def test_export_trt_writes_a_checked_artifact(tmp_path, fake_tensorrt):
-    from vit_deploy.export.trt_build import export_trt, summary_lines
+    from vit_deploy.export.trt_cli import summary_lines
+    from vit_deploy.export.trt_export import export_trt
     from vit_deploy.manifest import read_manifest, verify_checksum
 
     out = tmp_path / "trt"
@@ -902,7 +919,7 @@ def test_export_trt_writes_a_checked_artifact(tmp_path, fake_tensorrt):
     assert m["artifact"]["format"] == "trt" and m["artifact"]["file"] == "model.engine"
     assert [f["file"] for f in m["artifact"]["extra_files"]] == ["model.onnx"]
     e = m["engine"]
-    tp.check_engine_section(e)
+    trt_env.check_engine_section(e)
     assert e["precision"] == "fp16" and e["fp32_keep"]["name"] == "default fp32 ops"
     assert e["profile"] == {"min": 1, "opt": 2, "max": 4}
     assert e["fusion"]["status"] == "fused" and e["fusion"]["fused_blocks"] == 2
@@ -911,7 +928,7 @@ def test_export_trt_writes_a_checked_artifact(tmp_path, fake_tensorrt):
     assert m["onnx_parity"]["passed"]  # the fp16 graph on ONNX Runtime, CPU
     assert m["precision"]["mode"] == "fp16" and "Softmax" in m["precision"]["kept_fp32"]
     assert result.gate.passed
-    assert tp.rebuild_command(e) == (
+    assert trt_env.rebuild_command(e) == (
         f"vit-export --model vit_tiny_patch16_224 --fmt trt --precision fp16 --batch 1:2:4 "
         f"--img-size 16 --out {out}"
     )
@@ -920,7 +937,7 @@ def test_export_trt_writes_a_checked_artifact(tmp_path, fake_tensorrt):
 
 @pytest.mark.slow
 def test_export_trt_escalates_fp32_until_parity_passes(tmp_path, fake_tensorrt):
-    from vit_deploy.export.trt_build import export_trt
+    from vit_deploy.export.trt_export import export_trt
 
     fake_tensorrt["fail"] = {1, 2}  # the first two engines fail their gate
     out = tmp_path / "trt"
@@ -954,7 +971,7 @@ def test_export_trt_escalates_fp32_until_parity_passes(tmp_path, fake_tensorrt):
 @pytest.mark.slow
 def test_export_trt_failure_leaves_nothing_behind(tmp_path, fake_tensorrt):
     from vit_deploy.errors import ParityError
-    from vit_deploy.export.trt_build import export_trt
+    from vit_deploy.export.trt_export import export_trt
 
     fake_tensorrt["fail"] = {1}
     with pytest.raises(ParityError, match="auto-repair is off"):
@@ -975,7 +992,7 @@ def test_export_trt_failure_leaves_nothing_behind(tmp_path, fake_tensorrt):
 @pytest.fixture(scope="module")
 def built_engine(tmp_path_factory):
     """The default model, exported to fp16 ONNX and built into an engine (1:4:8)."""
-    from vit_deploy.export.trt_build import export_trt
+    from vit_deploy.export.trt_export import export_trt
 
     out = tmp_path_factory.mktemp("trt") / "default_trt"
     manifest = export_trt(None, out, precision="fp16", batch="1:4:8").manifest
@@ -996,7 +1013,7 @@ def test_engine_builds_and_passes_parity(built_engine):
     assert engine["parity"]["passed"]
     assert engine["profile"] == {"min": 1, "opt": 4, "max": 8}
     assert engine["fusion"]["status"] in ("fused", "partial", "not_fused", "unknown")
-    tp.check_engine_section(engine)
+    trt_env.check_engine_section(engine)
 
 
 @pytest.mark.gpu

@@ -21,7 +21,7 @@ class ArtifactInfo:
     path: Path
     backend: str  # "ort" or "trt"
     precision: str
-    profile: object | None  # a trt_plan.BatchProfile for engines
+    profile: object | None  # an export.batch_profile.BatchProfile for engines
     model: dict  # the manifest's ViTConfig dict
 
     def to_dict(self) -> dict:
@@ -48,7 +48,7 @@ def read_artifact(path: str | Path) -> ArtifactInfo:
         backend, profile = "ort", None
         precision = manifest.get("precision", {}).get("mode", "fp32")
     elif fmt == "trt":
-        from ..export.trt_plan import BatchProfile
+        from ..export.batch_profile import BatchProfile
         from ..runtime.trt_backend import read_engine_manifest
 
         manifest = read_engine_manifest(path)

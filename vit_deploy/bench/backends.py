@@ -195,7 +195,7 @@ def _load_ort(ctx, precision: str) -> Loaded:
 
 
 def _trt_unavailable(ctx) -> str | None:
-    from ..export.trt_plan import tensorrt_problems
+    from ..export.trt_env import tensorrt_problems
 
     problems = tensorrt_problems()
     return "; ".join(problems) if problems else None
@@ -230,7 +230,7 @@ def build_engine(ctx, precision: str) -> Path:
     """Build a TensorRT artifact with the TensorRT exporter (its parity gate and fp32
     escalation included: the engine vit-export would write), profile over the run's
     batch sizes, into ``<out>/artifacts/trt-<precision>``."""
-    from ..export.trt_build import export_trt
+    from ..export.trt_export import export_trt
 
     out = Path(ctx.out) / "artifacts" / f"trt-{precision}"
     start = time.perf_counter()

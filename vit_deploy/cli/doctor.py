@@ -83,7 +83,7 @@ def check_gpu() -> Check:
 
 
 def check_tensorrt() -> Check:
-    from ..export.trt_plan import MIN_TENSORRT, _version_tuple
+    from ..export.trt_env import MIN_TENSORRT, _version_tuple
 
     wanted = ".".join(map(str, MIN_TENSORRT))
     try:
@@ -232,7 +232,7 @@ def check_engine(build: bool = True, work_dir: Path | None = None) -> list[Check
     names = ("engine build", "engine parity", "attention fusion")
     if not build:
         return [Check(n, None, "skipped (--no-build)") for n in names]
-    from ..export.trt_plan import tensorrt_problems
+    from ..export.trt_env import tensorrt_problems
 
     problems = tensorrt_problems()
     if problems:
@@ -240,7 +240,7 @@ def check_engine(build: bool = True, work_dir: Path | None = None) -> list[Check
         return [Check(names[0], False, reason, "fix CUDA / TensorRT above")] + [
             Check(n, False, "not run (no engine)", "fix the engine build first") for n in names[1:]
         ]
-    from ..export.trt_build import export_trt
+    from ..export.trt_export import export_trt
 
     with tempfile.TemporaryDirectory(prefix="vit-doctor-", dir=work_dir) as tmp:
         out = Path(tmp) / "default_trt"

@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from ..errors import ConfigError
+from .batch_profile import BatchProfile  # the field type of OnnxExportOptions.batch
 
 INPUT_NAME = "pixels"
 BATCH_AXIS = "batch"
@@ -29,47 +30,6 @@ DEFAULT_FP32_OPS = (
     "Sqrt",
     "Exp",
 )
-
-
-@dataclass(frozen=True)
-class BatchProfile:
-    """MIN:OPT:MAX batch sizes: TensorRT builds its optimisation profile from them; the
-    ONNX graph itself takes any batch (a symbolic ``batch`` axis)."""
-
-    min: int = 1
-    opt: int = 8
-    max: int = 32
-
-    def __post_init__(self):
-        if not (isinstance(self.min, int) and self.min >= 1 and self.min <= self.opt <= self.max):
-            raise ConfigError(
-                "batch profile: expected MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX, "
-                f"got {self.min}:{self.opt}:{self.max}"
-            )
-
-    @classmethod
-    def parse(cls, text: str) -> BatchProfile:
-        parts = text.split(":")
-        try:
-            values = [int(p) for p in parts]
-        except ValueError:
-            values = []
-        if len(values) != 3:
-            raise ConfigError(
-                f"--batch: expected MIN:OPT:MAX as three integers (e.g. 1:8:32), got {text!r}"
-            )
-        try:
-            return cls(*values)
-        except ConfigError:
-            raise ConfigError(
-                f"--batch: expected MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX, got {text!r}"
-            ) from None
-
-    def __str__(self) -> str:
-        return f"{self.min}:{self.opt}:{self.max}"
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ What comes back follows what went in:
 Batches: any batch inside the engine's profile runs as one call. A larger batch
 is split into chunks of the profile's MAX; a chunk smaller than MIN (the
 remainder, or a batch below MIN) is zero-padded to MIN and the padded rows'
-outputs dropped (``trt_plan.plan_chunks``).
+outputs dropped (``export.batch_profile.plan_chunks``).
 
 ``cuda_graphs=True`` captures one CUDA graph per run size on first use (with its
 own execution context and static buffers) and replays it afterwards: less
@@ -35,12 +35,11 @@ from ..errors import (
     InputShapeError,
     ManifestError,
 )
-from ..export.trt_plan import (
-    BatchProfile,
+from ..export.batch_profile import BatchProfile, plan_chunks
+from ..export.trt_env import (
     capture_environment,
     check_engine_compat,
     check_engine_section,
-    plan_chunks,
     rebuild_command,
     require_tensorrt,
 )
