@@ -218,9 +218,8 @@ def write_markdown(path: Path, result: dict) -> None:
         "",
         "images/s is vit-embed's own figure for its pipeline (decode, model, chunk writes); "
         "wall is the whole process (interpreter start, imports, artifact load, merge, exit). "
-        "Most of the resident memory is the import of torch, which `vit_deploy` loads with "
-        "the package; the short rise at the very end of each run is torch's teardown at "
-        "interpreter exit.",
+        "vit-embed on an ONNX artifact never imports torch; the resident memory is the "
+        "interpreter, ONNX Runtime with its session, the decode workers and one chunk.",
         "",
         "![RSS over time](rss.png)",
         "",
