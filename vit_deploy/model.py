@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .config import ViTConfig, get_preset
-from .errors import InputDTypeError, InputShapeError, NonFiniteInputError
+from .errors import ConfigError, InputDTypeError, InputShapeError, NonFiniteInputError
 from .layers import ATTENTION_IMPLS, Block, PatchEmbed
 
 
@@ -90,14 +90,18 @@ class VisionTransformer(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """All tokens after the last block (and the final norm): (B, N, D)."""
+        x = self.embed_tokens(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+    def embed_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Checked pixels -> patch tokens with the CLS token and position embedding: (B, N, D)."""
         self.check_input(x)
         x = self.patch_embed(x)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-        x = x + self.pos_embed
-        for block in self.blocks:
-            x = block(x)
-        return self.norm(x)
+        return x + self.pos_embed
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         if self.config.global_pool == "avg":
@@ -123,11 +127,7 @@ class VisionTransformer(nn.Module):
     @torch.no_grad()
     def attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Per layer, the (B, H, N, N) attention probabilities from the reference path."""
-        self.check_input(x)
-        x = self.patch_embed(x)
-        if self.cls_token is not None:
-            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-        x = x + self.pos_embed
+        x = self.embed_tokens(x)
         maps = []
         for block in self.blocks:
             maps.append(block.attn.attention_probs(block.norm1(x)))
@@ -150,8 +150,6 @@ def create_model(
     """
     if attention not in ATTENTION_IMPLS:
         # checked here too so the error comes before any weights are allocated
-        from .errors import ConfigError
-
         raise ConfigError(f"attention: expected one of {ATTENTION_IMPLS}, got {attention!r}")
     if isinstance(preset_or_config, ViTConfig):
         cfg = preset_or_config.replace(**overrides) if overrides else preset_or_config
