@@ -35,9 +35,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from vit_deploy.export.onnx.pipeline import export_onnx_artifact  # noqa: E402
 from vit_deploy.export.options import OnnxExportOptions  # noqa: E402
-from vit_deploy.export.pipeline import export_onnx_artifact  # noqa: E402
-from vit_deploy.model import create_model  # noqa: E402
+from vit_deploy.model.vit import create_model  # noqa: E402
 from vit_deploy.runtime.ort_backend import OrtBackend  # noqa: E402
 from vit_deploy.runtime.torch_backend import TorchBackend  # noqa: E402
 
@@ -107,8 +107,8 @@ def graph_variants(model, directory: Path) -> dict[str, Path]:
     """Every graph the exporter can make, written to ``directory``."""
     import onnx
 
-    from vit_deploy.export.onnx_export import export_onnx
-    from vit_deploy.export.ort_optimize import ORT_ATTENTION, ORT_TRANSFORMERS, build_candidate
+    from vit_deploy.export.onnx.graph import export_onnx
+    from vit_deploy.export.onnx.optimize import ORT_ATTENTION, ORT_TRANSFORMERS, build_candidate
 
     plain = export_onnx(model, OnnxExportOptions())
     paths = {"plain": directory / "plain.onnx"}

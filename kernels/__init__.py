@@ -20,7 +20,7 @@ except ImportError as exc:
         f"or use attention='sdpa' or 'math'"
     ) from exc
 
-from .ops import (  # noqa: E402
+from vit_deploy.kernels.ops import (  # noqa: E402
     SUPPORTED_DTYPES,
     SUPPORTED_HEAD_DIMS,
     attention,

@@ -11,10 +11,9 @@ from __future__ import annotations
 import math
 
 import torch
+from vit_deploy.kernels.flash_attention import INTERPRETER, flash_attention_forward
 
 from vit_deploy.errors import KernelError, KernelUnavailableError
-
-from .flash_attention import INTERPRETER, flash_attention_forward
 
 SUPPORTED_HEAD_DIMS = (32, 64, 80, 96, 128)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)

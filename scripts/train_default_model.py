@@ -30,9 +30,9 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from vit_deploy.assets import DEFAULT_MODEL_DIR, HELDOUT_DIR, heldout_set
-from vit_deploy.checkpoints import save_model
+from vit_deploy.checkpoints.load import save_model
 from vit_deploy.config import Preprocess, ViTConfig
-from vit_deploy.model import create_model
+from vit_deploy.model.vit import create_model
 from vit_deploy.preprocess import preprocess_batch
 
 STORED_SIZE = 64  # PNGs are stored larger than the model input, so resize is exercised

@@ -11,7 +11,7 @@ from PIL import Image
 
 import vit_deploy
 from vit_deploy.config import Preprocess, ViTConfig
-from vit_deploy.embedder import cached_export
+from vit_deploy.embed.embedder import cached_export
 from vit_deploy.export.options import OnnxExportOptions
 
 LABELS = ("cat", "dog", "fish")

@@ -17,7 +17,7 @@ from vit_deploy.bench import runner as bench_runner
 from vit_deploy.bench.backends import REGISTRY, TRITON_CPU_REASON, BackendSpec, Loaded
 from vit_deploy.bench.config import check_config
 from vit_deploy.bench.timing import Budget, check_budget, measure
-from vit_deploy.checkpoints import save_model
+from vit_deploy.checkpoints.load import save_model
 from vit_deploy.cli.bench import main
 from vit_deploy.config import Preprocess
 from vit_deploy.errors import ConfigError
@@ -301,8 +301,8 @@ def _fake_onnx_artifact(path: Path, sha: str = "0" * 64) -> Path:
 
 def _fake_engine(path: Path) -> Path:
     """A TensorRT artifact as vit-export writes it, with bytes no GPU will ever run."""
-    from vit_deploy.export.trt_env import ENGINE_SECTION_FORMAT
     from vit_deploy.manifest import file_entry
+    from vit_deploy.runtime.tensorrt.env import ENGINE_SECTION_FORMAT
 
     path.mkdir(parents=True)
     (path / "model.engine").write_bytes(b"engine")

@@ -16,11 +16,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import vit_deploy.checkpoints as checkpoints
-from vit_deploy.checkpoints import load_model, resample_pos_embed, save_model
+import vit_deploy.checkpoints.load as checkpoints
+from vit_deploy.checkpoints.load import load_model, resample_pos_embed, save_model
 from vit_deploy.config import ViTConfig, get_preset
 from vit_deploy.errors import CheckpointError, CheckpointMismatchError
-from vit_deploy.model import create_model
+from vit_deploy.model.vit import create_model
 
 timm = pytest.importorskip("timm")
 transformers = pytest.importorskip("transformers")

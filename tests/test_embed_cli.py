@@ -12,8 +12,8 @@ import pytest
 from embed_helpers import make_image_folder, png_bytes, random_image, tiny_artifact
 
 from vit_deploy.cli.embed import main
-from vit_deploy.embed_pipeline import discover, embed_files, read_embeddings
-from vit_deploy.embedder import Embedder
+from vit_deploy.embed.embedder import Embedder
+from vit_deploy.embed.pipeline import discover, embed_files, read_embeddings
 from vit_deploy.errors import ResumeError
 
 ATOL = 1e-6  # the same backend on the same pixels; only the batch composition differs

@@ -10,7 +10,7 @@ import torch
 from embed_helpers import FAST_EXPORT, LABELS, random_image, tiny_artifact, tiny_model
 from PIL import Image
 
-from vit_deploy.embedder import Embedder, cached_export, weights_hash
+from vit_deploy.embed.embedder import Embedder, cached_export, weights_hash
 from vit_deploy.errors import ArtifactError, InputShapeError, NoClassifierError
 from vit_deploy.runtime import load_backend
 
@@ -185,7 +185,7 @@ def test_modes_embed(ort, tmp_path):
 
 
 def test_from_model_reuses_the_cached_export(tmp_path_factory, monkeypatch):
-    from vit_deploy.export import pipeline
+    from vit_deploy.export.onnx import pipeline
 
     directory = tiny_artifact(tmp_path_factory)  # exported once for the session
     calls = []
@@ -223,8 +223,8 @@ def test_embedding_modules_do_not_import_torch():
         "pkg = types.ModuleType('vit_deploy')\n"
         f"pkg.__path__ = [{str(Path(vit_deploy.__file__).parent)!r}]\n"
         "sys.modules['vit_deploy'] = pkg\n"
-        "import vit_deploy.preprocess, vit_deploy.embedder, vit_deploy.embed_pipeline\n"
-        "import vit_deploy.embed_writers, vit_deploy.embed_workdir, vit_deploy.cli.embed\n"
+        "import vit_deploy.preprocess, vit_deploy.embed.embedder, vit_deploy.embed.pipeline\n"
+        "import vit_deploy.embed.writers, vit_deploy.embed.workdir, vit_deploy.cli.embed\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -1,4 +1,4 @@
-"""vit-inspect and vit_deploy.visualize: arrays checked against hand computations,
+"""vit-inspect and vit_deploy.inspect.maps: arrays checked against hand computations,
 figures checked for being real PNGs, the CLI end to end and its error cases."""
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import torch
 from PIL import Image
 
 from vit_deploy import ViTConfig, create_model
-from vit_deploy import visualize as vz
-from vit_deploy import visualize_plots as plots
-from vit_deploy.checkpoints import save_model
+from vit_deploy.checkpoints.load import save_model
 from vit_deploy.cli.inspect import main
 from vit_deploy.config import PRESETS, Preprocess
 from vit_deploy.errors import ConfigError
+from vit_deploy.inspect import maps as vz
+from vit_deploy.inspect import plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 LABELS = ("ant", "bee", "cat", "dog", "eel")

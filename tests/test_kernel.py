@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from vit_deploy import ViTConfig, create_model
 from vit_deploy.errors import ConfigError, KernelError, KernelUnavailableError
-from vit_deploy.layers import math_attention
+from vit_deploy.model.layers import math_attention
 
 # Where Triton cannot be installed (macOS, Windows) there is nothing here to run.
 triton = pytest.importorskip("triton", reason="the fused kernel needs Triton (Linux)")

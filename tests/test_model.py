@@ -17,7 +17,7 @@ from vit_deploy.errors import (
     NonFiniteInputError,
     UnknownPresetError,
 )
-from vit_deploy.model import VisionTransformer, create_model
+from vit_deploy.model.vit import VisionTransformer, create_model
 
 SMALL = ViTConfig(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2, num_classes=5)
 

@@ -17,14 +17,14 @@ from onnx import numpy_helper
 from vit_deploy.cli.export import main
 from vit_deploy.config import Preprocess, ViTConfig
 from vit_deploy.errors import ConfigError, ExportError, ParityError
-from vit_deploy.export import pipeline
-from vit_deploy.export.fp16 import convert_to_fp16
-from vit_deploy.export.onnx_export import export_onnx
+from vit_deploy.export.onnx import pipeline
+from vit_deploy.export.onnx.fp16 import convert_to_fp16
+from vit_deploy.export.onnx.graph import export_onnx
 from vit_deploy.export.options import BatchProfile, OnnxExportOptions
 from vit_deploy.export.parity import GATES, check_gate, compare_outputs
 from vit_deploy.export.verify import default_sample_count, parity_inputs, verify_artifact
 from vit_deploy.manifest import FORMAT, read_manifest, verify_checksum
-from vit_deploy.model import create_model
+from vit_deploy.model.vit import create_model
 from vit_deploy.runtime import load_backend
 from vit_deploy.runtime.ort_backend import OrtBackend
 from vit_deploy.runtime.torch_backend import TorchBackend
@@ -190,7 +190,7 @@ def test_fp16_op_block_list_is_an_option(proto):
 
 
 def test_attention_fusion_pass_for_onnx_runtime(model, proto, fp32_artifact, tmp_path):
-    from vit_deploy.export.attention_fusion import fuse_attention
+    from vit_deploy.export.onnx.attention_fusion import fuse_attention
 
     fused = copy.deepcopy(proto)
     assert fuse_attention(fused, CFG.num_heads) == CFG.depth
@@ -350,7 +350,7 @@ def test_triton_model_exports_through_the_custom_translation(model):
     np.testing.assert_allclose(logits, ref_logits.numpy(), rtol=1e-4, atol=2e-5)
     np.testing.assert_allclose(embedding, ref_embedding.numpy(), rtol=1e-4, atol=2e-5)
     # the ONNX Runtime attention fusion matches this form of the pattern too
-    from vit_deploy.export.attention_fusion import fuse_attention
+    from vit_deploy.export.onnx.attention_fusion import fuse_attention
 
     assert fuse_attention(graph, CFG.num_heads) == CFG.depth
     session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -360,7 +360,7 @@ def test_triton_model_exports_through_the_custom_translation(model):
 def test_triton_export_without_the_op_is_a_clear_error(model):
     fake = copy.copy(model)
     fake.attention = "triton"
-    with mock.patch("vit_deploy.export.onnx_export.custom_translation_table", return_value={}):
+    with mock.patch("vit_deploy.export.onnx.graph.custom_translation_table", return_value={}):
         with pytest.raises(ExportError, match="torch.ops.vit_deploy.attention"):
             export_onnx(fake, OnnxExportOptions(attention="native"))
 
@@ -464,7 +464,7 @@ def test_cli_unwritable_out_dir(capsys, tmp_path):
 
 
 def test_cli_trt_is_not_available_here(capsys, tmp_path):
-    from vit_deploy.export.registry import FORMATS
+    from vit_deploy.cli.formats import FORMATS
 
     if FORMATS["trt"].available() is None:
         pytest.skip("TensorRT export is available on this machine")
@@ -477,7 +477,7 @@ def test_cli_trt_is_not_available_here(capsys, tmp_path):
 
 
 def test_cli_checkpoint_at_another_resolution(capsys, tmp_path, model):
-    from vit_deploy.checkpoints import save_model
+    from vit_deploy.checkpoints.load import save_model
 
     save_model(model, tmp_path / "ckpt")
     out = tmp_path / "art"

@@ -104,7 +104,7 @@ def test_pixels_match_timm_eval_transform(config, timm_vit_small):
 
 def test_embeddings_match_timm_model(timm_vit_small):
     from vit_deploy import create_model
-    from vit_deploy.embedder import Embedder
+    from vit_deploy.embed.embedder import Embedder
     from vit_deploy.runtime import load_backend
 
     reference = timm_vit_small

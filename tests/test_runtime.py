@@ -18,7 +18,7 @@ from vit_deploy.errors import (
     ManifestError,
 )
 from vit_deploy.manifest import MANIFEST_NAME, file_entry, read_manifest, write_manifest
-from vit_deploy.model import create_model
+from vit_deploy.model.vit import create_model
 from vit_deploy.runtime import load_backend
 from vit_deploy.runtime.ort_backend import OrtBackend, pick_providers
 from vit_deploy.runtime.torch_backend import TorchBackend
@@ -41,8 +41,8 @@ def model():
 
 @pytest.fixture(scope="module")
 def artifact(model, tmp_path_factory):
+    from vit_deploy.export.onnx.pipeline import export_onnx_artifact
     from vit_deploy.export.options import BatchProfile, OnnxExportOptions
-    from vit_deploy.export.pipeline import export_onnx_artifact
 
     out = tmp_path_factory.mktemp("runtime") / "tiny-fp32"
     options = OnnxExportOptions(optimize="plain", verify_samples=8, batch=BatchProfile(1, 2, 4))

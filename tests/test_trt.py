@@ -24,6 +24,8 @@ import numpy as np
 import pytest
 import torch
 
+from vit_deploy import batch_profile
+from vit_deploy.batch_profile import BatchProfile, Chunk, parse_batch_profile, plan_chunks
 from vit_deploy.errors import (
     BackendUnavailableError,
     ConfigError,
@@ -32,31 +34,28 @@ from vit_deploy.errors import (
     InputShapeError,
     ManifestError,
 )
-from vit_deploy.export import (
-    batch_profile,
-    trt_env,
-    trt_fp16,
-    trt_fusion,
-    trt_graph,
-    trt_inspect,
-    trt_precision,
-)
-from vit_deploy.export.batch_profile import BatchProfile, Chunk, parse_batch_profile, plan_chunks
-from vit_deploy.export.trt_env import check_engine_compat, engine_manifest_section
-from vit_deploy.export.trt_fusion import fusion_report
-from vit_deploy.export.trt_graph import NodeInfo
-from vit_deploy.export.trt_inspect import parse_engine_information
-from vit_deploy.export.trt_precision import Fp32Keep, next_fp32_keep_list
+from vit_deploy.export.tensorrt import engine_info as trt_inspect
+from vit_deploy.export.tensorrt import fp16 as trt_fp16
+from vit_deploy.export.tensorrt import fusion_report as trt_fusion
+from vit_deploy.export.tensorrt import graph as trt_graph
+from vit_deploy.export.tensorrt import precision as trt_precision
+from vit_deploy.export.tensorrt.engine_info import parse_engine_information
+from vit_deploy.export.tensorrt.fusion_report import fusion_report
+from vit_deploy.export.tensorrt.graph import NodeInfo
+from vit_deploy.export.tensorrt.precision import Fp32Keep, next_fp32_keep_list
+from vit_deploy.runtime.tensorrt import env as trt_env
+from vit_deploy.runtime.tensorrt.env import check_engine_compat, engine_manifest_section
 
 ROOT = Path(__file__).resolve().parents[1]
-TRT_BUILD = ROOT / "vit_deploy" / "export" / "trt_build.py"  # every TensorRT build call
+TRT_BUILD = ROOT / "vit_deploy" / "export" / "tensorrt" / "build.py"  # every TensorRT build call
 
 
 def _trt_sources() -> list[Path]:
     """Every module that touches TensorRT: the build calls first, the backend, the other
-    ``export/trt_*.py`` modules, and any other source that imports ``tensorrt``."""
-    sources = [TRT_BUILD, ROOT / "vit_deploy" / "runtime" / "trt_backend.py"]
-    sources += sorted((ROOT / "vit_deploy" / "export").glob("trt_*.py"))
+    ``tensorrt`` packages' modules, and any other source that imports ``tensorrt``."""
+    sources = [TRT_BUILD, ROOT / "vit_deploy" / "runtime" / "tensorrt" / "backend.py"]
+    sources += sorted((ROOT / "vit_deploy" / "export" / "tensorrt").glob("*.py"))
+    sources += sorted((ROOT / "vit_deploy" / "runtime" / "tensorrt").glob("*.py"))
     for path in sorted((ROOT / "vit_deploy").rglob("*.py")):
         if re.search(r"^\s*(import tensorrt|from tensorrt\b)", path.read_text(), re.MULTILINE):
             sources.append(path)
@@ -622,7 +621,7 @@ def test_rebuild_command_is_exact():
 def test_engine_manifest_is_read_and_checked(tmp_path):
     from vit_deploy.config import ViTConfig
     from vit_deploy.manifest import write_manifest
-    from vit_deploy.runtime.trt_backend import read_engine_manifest
+    from vit_deploy.runtime.tensorrt.backend import read_engine_manifest
 
     (tmp_path / "model.engine").write_bytes(b"x")
     base = {
@@ -643,7 +642,7 @@ def test_engine_manifest_is_read_and_checked(tmp_path):
 
 
 def test_mismatch_message_names_differences_and_command():
-    from vit_deploy.runtime.trt_backend import engine_mismatch_message
+    from vit_deploy.runtime.tensorrt.backend import engine_mismatch_message
 
     diffs = ["TensorRT version: built with 10.13.0.35, here 11.4.0.1"]
     msg = engine_mismatch_message(Path("a/model.engine"), _section(), diffs)
@@ -724,8 +723,8 @@ def test_old_tensorrt_is_reported(monkeypatch):
 
 def test_backend_module_imports_without_tensorrt():
     code = (
-        "import sys; import vit_deploy.runtime.trt_backend, vit_deploy.export.trt_build, "
-        "vit_deploy.export.trt_export, vit_deploy.export.trt_cli; "
+        "import sys; import vit_deploy.runtime.tensorrt.backend, vit_deploy.export.tensorrt.build, "
+        "vit_deploy.export.tensorrt.export, vit_deploy.cli.export_trt; "
         "assert 'tensorrt' not in sys.modules; print('ok')"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
@@ -735,7 +734,7 @@ def test_backend_module_imports_without_tensorrt():
 
 @pytest.mark.skipif(HAS_TRT_GPU, reason="tests the refusal on machines without TensorRT/GPU")
 def test_backend_without_tensorrt_is_unavailable(tmp_path):
-    from vit_deploy.runtime.trt_backend import TensorRTBackend
+    from vit_deploy.runtime.tensorrt.backend import TensorRTBackend
 
     with pytest.raises(BackendUnavailableError) as err:
         TensorRTBackend(tmp_path)
@@ -744,7 +743,7 @@ def test_backend_without_tensorrt_is_unavailable(tmp_path):
 
 @pytest.mark.skipif(HAS_TRT_GPU, reason="tests the refusal on machines without TensorRT/GPU")
 def test_export_trt_refuses_before_writing_anything(tmp_path):
-    from vit_deploy.export.trt_export import export_trt
+    from vit_deploy.export.tensorrt.export import export_trt
 
     out = tmp_path / "engine_out"
     with pytest.raises(BackendUnavailableError, match="--fmt onnx"):
@@ -756,13 +755,13 @@ def test_export_trt_refuses_before_writing_anything(tmp_path):
 def test_vit_export_fmt_trt_refuses_in_one_line(tmp_path, monkeypatch, capsys):
     # the registry entry the CLI uses for --fmt trt (see the wiring in trt_cli's docs)
     from vit_deploy.cli import export as cli_export
-    from vit_deploy.export import registry
-    from vit_deploy.export.trt_cli import trt_unavailable_reason
+    from vit_deploy.cli import formats as registry
+    from vit_deploy.cli.export_trt import trt_unavailable_reason
 
     entry = registry.ExportFormat(
         "trt",
         "TensorRT engine",
-        "vit_deploy.export.trt_cli:export_trt_from_args",
+        "vit_deploy.cli.export_trt:export_trt_from_args",
         trt_unavailable_reason,
     )
     monkeypatch.setitem(registry.FORMATS, "trt", entry)
@@ -777,8 +776,8 @@ def test_vit_export_fmt_trt_refuses_in_one_line(tmp_path, monkeypatch, capsys):
 
 
 def test_build_options_are_checked():
-    from vit_deploy.export.trt_artifact import _model_arg
-    from vit_deploy.export.trt_build import BuildOptions
+    from vit_deploy.export.tensorrt.artifact import _model_arg
+    from vit_deploy.export.tensorrt.build import BuildOptions
 
     BuildOptions(BatchProfile(1, 8, 32))
     with pytest.raises(ConfigError) as err:
@@ -793,7 +792,7 @@ def test_build_options_are_checked():
 def test_trt_arguments_parse():
     import argparse
 
-    from vit_deploy.export.trt_cli import add_trt_arguments
+    from vit_deploy.cli.export_trt import add_trt_arguments
 
     p = argparse.ArgumentParser()
     add_trt_arguments(p)
@@ -857,7 +856,8 @@ def _fake_inspector_json(depth=2):
 def fake_tensorrt(monkeypatch):
     """TensorRT 'present', with a fake build and inspector; engine parity from ONNX Runtime
     on the same graph, failed on purpose for the attempts listed in ``state['fail']``."""
-    from vit_deploy.export import trt_build, trt_export
+    from vit_deploy.export.tensorrt import build as trt_build
+    from vit_deploy.export.tensorrt import export as trt_export
     from vit_deploy.export.verify import verify_artifact
     from vit_deploy.runtime.ort_backend import OrtBackend
 
@@ -899,8 +899,8 @@ def _small_onnx_options():
 
 @pytest.mark.slow
 def test_export_trt_writes_a_checked_artifact(tmp_path, fake_tensorrt):
-    from vit_deploy.export.trt_cli import summary_lines
-    from vit_deploy.export.trt_export import export_trt
+    from vit_deploy.cli.export_trt import summary_lines
+    from vit_deploy.export.tensorrt.export import export_trt
     from vit_deploy.manifest import read_manifest, verify_checksum
 
     out = tmp_path / "trt"
@@ -937,7 +937,7 @@ def test_export_trt_writes_a_checked_artifact(tmp_path, fake_tensorrt):
 
 @pytest.mark.slow
 def test_export_trt_escalates_fp32_until_parity_passes(tmp_path, fake_tensorrt):
-    from vit_deploy.export.trt_export import export_trt
+    from vit_deploy.export.tensorrt.export import export_trt
 
     fake_tensorrt["fail"] = {1, 2}  # the first two engines fail their gate
     out = tmp_path / "trt"
@@ -971,7 +971,7 @@ def test_export_trt_escalates_fp32_until_parity_passes(tmp_path, fake_tensorrt):
 @pytest.mark.slow
 def test_export_trt_failure_leaves_nothing_behind(tmp_path, fake_tensorrt):
     from vit_deploy.errors import ParityError
-    from vit_deploy.export.trt_export import export_trt
+    from vit_deploy.export.tensorrt.export import export_trt
 
     fake_tensorrt["fail"] = {1}
     with pytest.raises(ParityError, match="auto-repair is off"):
@@ -992,7 +992,7 @@ def test_export_trt_failure_leaves_nothing_behind(tmp_path, fake_tensorrt):
 @pytest.fixture(scope="module")
 def built_engine(tmp_path_factory):
     """The default model, exported to fp16 ONNX and built into an engine (1:4:8)."""
-    from vit_deploy.export.trt_export import export_trt
+    from vit_deploy.export.tensorrt.export import export_trt
 
     out = tmp_path_factory.mktemp("trt") / "default_trt"
     manifest = export_trt(None, out, precision="fp16", batch="1:4:8").manifest
@@ -1021,7 +1021,7 @@ def test_engine_builds_and_passes_parity(built_engine):
 @pytest.mark.parametrize("batch", [1, 4, 8, 19])  # 19 > MAX 8: chunks of 8, 8, 3
 def test_engine_matches_pytorch_inside_and_outside_profile(built_engine, batch):
     from vit_deploy.assets import load_default_model
-    from vit_deploy.runtime.trt_backend import TensorRTBackend
+    from vit_deploy.runtime.tensorrt.backend import TensorRTBackend
 
     out, _ = built_engine
     backend = TensorRTBackend(out)
@@ -1043,7 +1043,7 @@ def test_engine_matches_pytorch_inside_and_outside_profile(built_engine, batch):
 @pytest.mark.gpu
 @requires_trt
 def test_cuda_graph_path_matches_eager(built_engine):
-    from vit_deploy.runtime.trt_backend import TensorRTBackend
+    from vit_deploy.runtime.tensorrt.backend import TensorRTBackend
 
     out, _ = built_engine
     eager = TensorRTBackend(out)
@@ -1062,7 +1062,7 @@ def test_cuda_graph_path_matches_eager(built_engine):
 @pytest.mark.gpu
 @requires_trt
 def test_wrong_shape_and_dtype_are_typed_errors(built_engine):
-    from vit_deploy.runtime.trt_backend import TensorRTBackend
+    from vit_deploy.runtime.tensorrt.backend import TensorRTBackend
 
     backend = TensorRTBackend(built_engine[0])
     with pytest.raises(InputShapeError, match=r"expected images of shape \(3, 32, 32\)"):
@@ -1078,7 +1078,7 @@ def test_wrong_shape_and_dtype_are_typed_errors(built_engine):
 def test_engine_for_another_tensorrt_is_refused(built_engine, tmp_path):
     import shutil
 
-    from vit_deploy.runtime.trt_backend import TensorRTBackend
+    from vit_deploy.runtime.tensorrt.backend import TensorRTBackend
 
     src, _ = built_engine
     dst = tmp_path / "moved"

@@ -1,6 +1,6 @@
 """vit-deploy: a Vision Transformer from PyTorch to production."""
 
-from .config import PRESETS, Preprocess, ViTConfig, get_preset
+from vit_deploy.config import PRESETS, Preprocess, ViTConfig, get_preset
 
 __version__ = "0.1.0"
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from .errors import ConfigError, UnknownPresetError
+from vit_deploy.errors import ConfigError, UnknownPresetError
 
 POOLING_MODES = ("token", "avg")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")

@@ -25,7 +25,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from .errors import ArtifactError, ChecksumMismatchError, ManifestError
+from vit_deploy.errors import ArtifactError, ChecksumMismatchError, ManifestError
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_NAME = "vit_deploy.manifest"

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, TypeAlias
 import numpy as np
 from PIL import Image, ImageFile
 
-from .config import Preprocess
-from .errors import InputDTypeError, InputShapeError
+from vit_deploy.config import Preprocess
+from vit_deploy.errors import InputDTypeError, InputShapeError
 
 _PIL_FILTERS = {
     "bilinear": Image.Resampling.BILINEAR,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import ArtifactError
+from vit_deploy.errors import ArtifactError
 
 ASSETS_DIR = Path(__file__).parent
 DEFAULT_MODEL_DIR = ASSETS_DIR / "default_model"
@@ -18,7 +18,7 @@ HELDOUT_DIR = ASSETS_DIR / "heldout"
 
 def load_default_model(attention: str = "math", **overrides):
     """The bundled digits ViT (32x32 input, 10 classes) with its labels and preprocessing."""
-    from ..checkpoints import load_model
+    from vit_deploy.checkpoints.load import load_model
 
     if not (DEFAULT_MODEL_DIR / "model.safetensors").is_file():
         raise ArtifactError(

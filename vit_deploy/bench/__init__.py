@@ -11,8 +11,8 @@ inputs), ``artifacts`` (--artifacts), ``backends`` (the registry), ``runner``, `
 (table, JSON schema, markdown, plot).
 """
 
-from .config import BenchConfig
-from .report import format_table, write_all
-from .runner import SCHEMA_VERSION, prepare, run_bench
+from vit_deploy.bench.config import BenchConfig
+from vit_deploy.bench.report import format_table, write_all
+from vit_deploy.bench.runner import SCHEMA_VERSION, prepare, run_bench
 
 __all__ = ["SCHEMA_VERSION", "BenchConfig", "format_table", "prepare", "run_bench", "write_all"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ArtifactError, ConfigError
+from vit_deploy.errors import ArtifactError, ConfigError
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class ArtifactInfo:
 
 
 def read_artifact(path: str | Path) -> ArtifactInfo:
-    from ..manifest import read_manifest, verify_checksum
+    from vit_deploy.manifest import read_manifest, verify_checksum
 
     path = Path(path)
     if not path.is_dir():
@@ -48,8 +48,8 @@ def read_artifact(path: str | Path) -> ArtifactInfo:
         backend, profile = "ort", None
         precision = manifest.get("precision", {}).get("mode", "fp32")
     elif fmt == "trt":
-        from ..export.batch_profile import BatchProfile
-        from ..runtime.trt_backend import read_engine_manifest
+        from vit_deploy.batch_profile import BatchProfile
+        from vit_deploy.runtime.tensorrt.backend import read_engine_manifest
 
         manifest = read_engine_manifest(path)
         section = manifest["engine"]
@@ -66,7 +66,7 @@ def read_artifact(path: str | Path) -> ArtifactInfo:
 
 def check_artifacts(artifacts: list[ArtifactInfo], batch_sizes, config) -> None:
     """ConfigError for duplicates, batches outside an engine's profile, or another model."""
-    from ..config import ViTConfig
+    from vit_deploy.config import ViTConfig
 
     seen: dict[tuple[str, str], Path] = {}
     for a in artifacts:

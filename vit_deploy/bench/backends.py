@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .timing import CpuTimer, CudaEventTimer
+from vit_deploy.bench.timing import CpuTimer, CudaEventTimer
 
 TRITON_CPU_REASON = "Triton interpreter: correctness only, not a timing"
 
@@ -71,7 +71,7 @@ def _torch_skip(ctx, precision: str) -> str | None:
 def _torch_loaded(model, precision: str, device: str) -> Loaded:
     import torch
 
-    from ..runtime.torch_backend import TorchBackend
+    from vit_deploy.runtime.torch_backend import TorchBackend
 
     if device == "cuda":
         model = model.to("cuda", torch.float16 if precision == "fp16" else torch.float32)
@@ -133,7 +133,7 @@ class _CastingTorchBackend:
     float32 outputs back (TorchBackend itself feeds the pixels as they come)."""
 
     def __init__(self, model):
-        from ..runtime.torch_backend import TorchBackend
+        from vit_deploy.runtime.torch_backend import TorchBackend
 
         self._inner = TorchBackend(model)
         self.name, self.config = self._inner.name, self._inner.config
@@ -163,8 +163,8 @@ def _ort_unavailable(ctx) -> str | None:
 def export_onnx(ctx, precision: str) -> Path:
     """Export the reference model to ``<out>/artifacts/onnx-<precision>`` (no parity gate:
     the benchmark measures parity itself and reports it instead of refusing)."""
-    from ..export.options import OnnxExportOptions
-    from ..export.pipeline import export_onnx_artifact
+    from vit_deploy.export.onnx.pipeline import export_onnx_artifact
+    from vit_deploy.export.options import OnnxExportOptions
 
     out = Path(ctx.out) / "artifacts" / f"onnx-{precision}"
     start = time.perf_counter()
@@ -177,7 +177,7 @@ def export_onnx(ctx, precision: str) -> Path:
 
 
 def _load_ort(ctx, precision: str) -> Loaded:
-    from ..runtime.ort_backend import OrtBackend
+    from vit_deploy.runtime.ort_backend import OrtBackend
 
     directory = ctx.artifact_for("ort", precision) or export_onnx(ctx, precision)
     start = time.perf_counter()
@@ -195,7 +195,7 @@ def _load_ort(ctx, precision: str) -> Loaded:
 
 
 def _trt_unavailable(ctx) -> str | None:
-    from ..export.trt_env import tensorrt_problems
+    from vit_deploy.runtime.tensorrt.env import tensorrt_problems
 
     problems = tensorrt_problems()
     return "; ".join(problems) if problems else None
@@ -204,7 +204,7 @@ def _trt_unavailable(ctx) -> str | None:
 def _load_trt(ctx, precision: str) -> Loaded:
     import torch
 
-    from ..runtime.trt_backend import TensorRTBackend
+    from vit_deploy.runtime.tensorrt.backend import TensorRTBackend
 
     directory = ctx.artifact_for("trt", precision) or build_engine(ctx, precision)
     start = time.perf_counter()
@@ -230,7 +230,7 @@ def build_engine(ctx, precision: str) -> Path:
     """Build a TensorRT artifact with the TensorRT exporter (its parity gate and fp32
     escalation included: the engine vit-export would write), profile over the run's
     batch sizes, into ``<out>/artifacts/trt-<precision>``."""
-    from ..export.trt_export import export_trt
+    from vit_deploy.export.tensorrt.export import export_trt
 
     out = Path(ctx.out) / "artifacts" / f"trt-{precision}"
     start = time.perf_counter()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ..errors import ConfigError
-from .timing import check_budget
+from vit_deploy.bench.timing import check_budget
+from vit_deploy.errors import ConfigError
 
 PRECISIONS = ("fp32", "fp16")
 DEFAULT_BATCH_SIZES = (1, 8)

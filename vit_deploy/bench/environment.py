@@ -137,7 +137,7 @@ def collect() -> dict:
     import psutil
     import torch
 
-    from .. import __version__
+    from vit_deploy import __version__
 
     return {
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

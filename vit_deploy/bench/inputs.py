@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import PRESETS
-from ..errors import ConfigError
+from vit_deploy.config import PRESETS
+from vit_deploy.errors import ConfigError
 
 DEFAULT_SPECS = (None, "", "default")
 NO_LABELS = "n/a: no labeled held-out set for this model (only the bundled default model has one)"
@@ -46,7 +46,7 @@ class ModelSource:
     def is_default(self) -> bool:
         if self.spec is None:
             return True
-        from ..assets import DEFAULT_MODEL_DIR
+        from vit_deploy.assets import DEFAULT_MODEL_DIR
 
         return Path(self.spec).resolve() == DEFAULT_MODEL_DIR.resolve()
 
@@ -60,7 +60,7 @@ class ModelSource:
 
     def load(self, attention: str = "math"):
         """A fresh model in eval mode, fp32 on the CPU, with the given attention path."""
-        from ..cli.common import resolve_model
+        from vit_deploy.cli.common import resolve_model
 
         return resolve_model(self.spec, img_size=self.img_size, attention=attention).model
 
@@ -93,8 +93,8 @@ def build_inputs(
 ) -> BenchInputs:
     start = time.perf_counter()
     if source.is_default and config.in_chans == 3:
-        from ..assets import heldout_set
-        from ..preprocess import preprocess_batch
+        from vit_deploy.assets import heldout_set
+        from vit_deploy.preprocess import preprocess_batch
 
         items = heldout_set()
         if parity_samples is not None:
@@ -103,7 +103,7 @@ def build_inputs(
         labels = np.asarray([label for _, label in items], dtype=np.int64)
         what = f"{len(items)} labeled held-out digits (PNG, preprocessed as served)"
     else:
-        from ..export.verify import parity_inputs
+        from vit_deploy.export.verify import parity_inputs
 
         found = parity_inputs(config, parity_samples)
         pixels, labels = found.pixels, None

@@ -19,15 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BackendUnavailableError
-from . import environment, stats
-from .artifacts import ArtifactInfo, check_artifacts, read_artifact
-from .backends import REGISTRY, BackendSpec, Loaded
-from .config import PRECISIONS, BenchConfig, check_config
-from .inputs import NO_LABELS, BenchInputs, ModelSource, build_inputs
-from .matmul_peak import best_of, device_peaks
-from .memory import PeakMemory
-from .timing import Budget, measure
+from vit_deploy.bench import environment, stats
+from vit_deploy.bench.artifacts import ArtifactInfo, check_artifacts, read_artifact
+from vit_deploy.bench.backends import REGISTRY, BackendSpec, Loaded
+from vit_deploy.bench.config import PRECISIONS, BenchConfig, check_config
+from vit_deploy.bench.inputs import NO_LABELS, BenchInputs, ModelSource, build_inputs
+from vit_deploy.bench.matmul_peak import best_of, device_peaks
+from vit_deploy.bench.memory import PeakMemory
+from vit_deploy.bench.timing import Budget, measure
+from vit_deploy.errors import BackendUnavailableError
 
 SCHEMA_VERSION = 1
 REFERENCE = {"backend": "torch", "precision": "fp32", "attention": "math"}
@@ -211,7 +211,7 @@ def run_case(
     reference: dict,
     peaks: dict,
 ) -> dict:
-    from ..export.parity import compare_outputs
+    from vit_deploy.export.parity import compare_outputs
 
     cfg = ctx.config
     rec = empty_record(case)
@@ -298,8 +298,8 @@ def run_bench(
     ``ctx``: from ``prepare(cfg, registry)`` when the caller checked the request first."""
     from tqdm import tqdm
 
-    from ..export.verify import reference_outputs
-    from ..runtime.base import default_output_names
+    from vit_deploy.export.verify import reference_outputs
+    from vit_deploy.runtime.base import default_output_names
 
     registry = dict(registry or REGISTRY)
     started = time.perf_counter()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from ..errors import ConfigError
+from vit_deploy.errors import ConfigError
 
 PERCENTILES = (50, 90, 99)
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..errors import ConfigError
+from vit_deploy.errors import ConfigError
 
 MIN_ITERS = 3  # with a --seconds budget, never fewer (percentiles of 1 sample mean little)
 MAX_ITERS = 100_000

@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 
-from .common import (
+from vit_deploy.cli.common import (
     EXIT_FAILURE,
     EXIT_OK,
     EXIT_USAGE,
@@ -64,14 +64,14 @@ def _split(values: list[str] | None, convert=str, what: str = "") -> tuple | Non
     try:
         return tuple(convert(v) for v in items)
     except ValueError:
-        from ..errors import ConfigError
+        from vit_deploy.errors import ConfigError
 
         raise ConfigError(f"{what}: expected comma-separated integers, got {values}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..bench.backends import REGISTRY
-    from ..bench.config import DEFAULT_BATCH_SIZES, DEFAULT_SECONDS, DEFAULT_WARMUP
+    from vit_deploy.bench.backends import REGISTRY
+    from vit_deploy.bench.config import DEFAULT_BATCH_SIZES, DEFAULT_SECONDS, DEFAULT_WARMUP
 
     p = _Parser(
         prog=PROG,
@@ -131,7 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace):
-    from ..bench.config import DEFAULT_BATCH_SIZES, DEFAULT_SECONDS, PRECISIONS, BenchConfig
+    from vit_deploy.bench.config import (
+        DEFAULT_BATCH_SIZES,
+        DEFAULT_SECONDS,
+        PRECISIONS,
+        BenchConfig,
+    )
 
     seconds = args.seconds
     if seconds is None and args.iters is None:
@@ -164,10 +169,10 @@ def main(argv: list[str] | None = None, registry=None) -> int:
 
     if not torch.cuda.is_available():  # the Triton kernel runs under its interpreter
         os.environ.setdefault("TRITON_INTERPRET", "1")
-    from ..bench import report
-    from ..bench.backends import REGISTRY
-    from ..bench.runner import prepare, run_bench
-    from ..errors import ViTDeployError
+    from vit_deploy.bench import report
+    from vit_deploy.bench.backends import REGISTRY
+    from vit_deploy.bench.runner import prepare, run_bench
+    from vit_deploy.errors import ViTDeployError
 
     args = build_parser().parse_args(argv)
     registry = registry or REGISTRY

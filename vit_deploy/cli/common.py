@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import (
+from vit_deploy.errors import (
     CheckpointError,
     ConfigError,
     InputDTypeError,
@@ -106,12 +106,12 @@ def resolve_model(
 ) -> ResolvedModel:
     """``--model``: None (the bundled default), a preset name, or a checkpoint path.
     ``img_size`` resamples the position embedding to a new resolution."""
-    from ..config import PRESETS
+    from vit_deploy.config import PRESETS
 
     if img_size is not None and img_size <= 0:
         raise UsageError(f"--img-size: expected a positive int, got {img_size}")
     if spec is None:
-        from ..assets import load_default_model
+        from vit_deploy.assets import load_default_model
 
         model = load_default_model(attention=attention)
         if img_size is not None and img_size != model.config.img_size:
@@ -119,7 +119,7 @@ def resolve_model(
             model = load_default_model(attention=attention, img_size=img_size)
         return ResolvedModel(model, "the bundled default model", "default")
     if spec in PRESETS:
-        from ..model import create_model
+        from vit_deploy.model.vit import create_model
 
         check_img_size(img_size, PRESETS[spec].patch_size)
         overrides = {"img_size": img_size} if img_size else {}
@@ -137,7 +137,7 @@ def resolve_model(
             f"--model: expected a preset name ({', '.join(sorted(PRESETS))}) or a checkpoint "
             f"path, got {spec!r} (no such preset, file or directory){hint}"
         )
-    from ..checkpoints import load_model
+    from vit_deploy.checkpoints.load import load_model
 
     model = load_model(path, attention=attention)
     if img_size is not None and img_size != model.config.img_size:

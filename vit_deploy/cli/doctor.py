@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
-from ..errors import ViTDeployError
+from vit_deploy.errors import ViTDeployError
 
 PROG = "vit-deploy"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -83,7 +83,7 @@ def check_gpu() -> Check:
 
 
 def check_tensorrt() -> Check:
-    from ..export.trt_env import MIN_TENSORRT, _version_tuple
+    from vit_deploy.runtime.tensorrt.env import MIN_TENSORRT, _version_tuple
 
     wanted = ".".join(map(str, MIN_TENSORRT))
     try:
@@ -232,7 +232,7 @@ def check_engine(build: bool = True, work_dir: Path | None = None) -> list[Check
     names = ("engine build", "engine parity", "attention fusion")
     if not build:
         return [Check(n, None, "skipped (--no-build)") for n in names]
-    from ..export.trt_env import tensorrt_problems
+    from vit_deploy.runtime.tensorrt.env import tensorrt_problems
 
     problems = tensorrt_problems()
     if problems:
@@ -240,7 +240,7 @@ def check_engine(build: bool = True, work_dir: Path | None = None) -> list[Check
         return [Check(names[0], False, reason, "fix CUDA / TensorRT above")] + [
             Check(n, False, "not run (no engine)", "fix the engine build first") for n in names[1:]
         ]
-    from ..export.trt_export import export_trt
+    from vit_deploy.export.tensorrt.export import export_trt
 
     with tempfile.TemporaryDirectory(prefix="vit-doctor-", dir=work_dir) as tmp:
         out = Path(tmp) / "default_trt"
@@ -288,7 +288,7 @@ def _parity_detail(parity: dict) -> str:
 
 
 def _engine_next(exc: Exception) -> str:
-    from ..errors import ParityError
+    from vit_deploy.errors import ParityError
 
     if isinstance(exc, ParityError):
         return "every fp32 escalation failed parity: build with --precision fp32 and report it"

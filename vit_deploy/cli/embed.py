@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from ..errors import ViTDeployError
+from vit_deploy.errors import ViTDeployError
 
 DESCRIPTION = """\
 Embed every image in a folder (recursively) or matching a glob pattern with an exported
@@ -101,8 +101,8 @@ def _int(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ..embed_pipeline import OutputPlan, discover, embed_files
-    from ..embedder import Embedder
+    from vit_deploy.embed.embedder import Embedder
+    from vit_deploy.embed.pipeline import OutputPlan, discover, embed_files
 
     try:
         OutputPlan.for_output(args.out, args.errors)  # unwritable or unknown --out: no work done

@@ -14,7 +14,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from .common import (
+from vit_deploy.cli.common import (
     EXIT_FAILURE,
     EXIT_OK,
     UsageError,
@@ -44,8 +44,8 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..export.options import DEFAULT_OPSET, OPTIMIZE_CHOICES, PRECISIONS
-    from ..export.registry import FORMATS
+    from vit_deploy.cli.formats import FORMATS
+    from vit_deploy.export.options import DEFAULT_OPSET, OPTIMIZE_CHOICES, PRECISIONS
 
     p = argparse.ArgumentParser(
         prog=PROG,
@@ -145,7 +145,7 @@ def _csv(text: str | None) -> tuple[str, ...] | None:
 
 
 def onnx_options(args: argparse.Namespace):
-    from ..export.options import DEFAULT_FP32_OPS, BatchProfile, OnnxExportOptions
+    from vit_deploy.export.options import DEFAULT_FP32_OPS, BatchProfile, OnnxExportOptions
 
     fp32_ops = _csv(args.fp32_ops)
     return OnnxExportOptions(
@@ -181,8 +181,8 @@ def check_out_dir(out: Path) -> None:
 
 
 def export_onnx_from_args(model, args, *, source, stages):
-    """The 'onnx' format's exporter (see vit_deploy.export.registry)."""
-    from ..export.pipeline import export_onnx_artifact
+    """The 'onnx' format's exporter (see vit_deploy.cli.formats)."""
+    from vit_deploy.export.onnx.pipeline import export_onnx_artifact
 
     return export_onnx_artifact(
         model, args.out, args.onnx_options, source=source, stages=stages, threads=args.threads
@@ -190,7 +190,7 @@ def export_onnx_from_args(model, args, *, source, stages):
 
 
 def print_summary(result, description: str, warnings: list[str]) -> None:
-    from ..export import fusion
+    from vit_deploy.export.onnx import fusion_report as fusion
 
     m = result.manifest
     artifact = result.directory / m["artifact"]["file"]
@@ -232,10 +232,10 @@ def print_summary(result, description: str, warnings: list[str]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..export.pipeline import STAGES
-    from ..export.progress import Stages
-    from ..export.registry import get_format
-    from ..export.trt_precision import resolve_precision
+    from vit_deploy.cli.formats import get_format
+    from vit_deploy.export.onnx.pipeline import STAGES
+    from vit_deploy.export.progress import Stages
+    from vit_deploy.export.tensorrt.precision import resolve_precision
 
     fmt = get_format(args.fmt)
     exporter = fmt.load()  # BackendUnavailableError before any work when it cannot run here
@@ -260,7 +260,7 @@ def run(args: argparse.Namespace) -> int:
         stages.close()
     print_summary(result, resolved.description, warnings)
     if args.fmt == "trt":
-        from ..export.trt_cli import summary_lines
+        from vit_deploy.cli.export_trt import summary_lines
 
         print("\n".join(summary_lines(result.manifest)))
     return EXIT_OK if result.gate is None or result.gate.passed else EXIT_FAILURE

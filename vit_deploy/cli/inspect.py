@@ -11,7 +11,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from .common import (
+from vit_deploy.cli.common import (
     EXIT_OK,
     UsageError,
     add_model_argument,
@@ -105,7 +105,7 @@ def _load_model(spec: str | None):
 def _load_pixels(model, image: str):
     from PIL import UnidentifiedImageError
 
-    from ..visualize import as_pixels
+    from vit_deploy.inspect.maps import as_pixels
 
     try:
         return as_pixels(model, Path(image))
@@ -114,8 +114,8 @@ def _load_pixels(model, image: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import visualize as vz
-    from .. import visualize_plots as plots
+    from vit_deploy.inspect import maps as vz
+    from vit_deploy.inspect import plots
 
     if not Path(args.image).is_file():  # before loading a model, which can take a while
         raise UsageError(f"--image: expected an image file, got {args.image!r} (no such file)")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ..errors import ConfigError
-from .batch_profile import BatchProfile  # the field type of OnnxExportOptions.batch
+from vit_deploy.batch_profile import BatchProfile  # the field type of OnnxExportOptions.batch
+from vit_deploy.errors import ConfigError
 
 INPUT_NAME = "pixels"
 BATCH_AXIS = "batch"

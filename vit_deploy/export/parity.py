@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import ParityError
+from vit_deploy.errors import ParityError
 
 CLASS_OUTPUT = "logits"
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import ViTConfig
-from ..model import VisionTransformer
-from ..runtime.base import Backend
-from ..runtime.torch_backend import TorchBackend
-from .parity import GateResult, ParityReport, check_gate, compare_outputs
+from vit_deploy.config import ViTConfig
+from vit_deploy.export.parity import GateResult, ParityReport, check_gate, compare_outputs
+from vit_deploy.model.vit import VisionTransformer
+from vit_deploy.runtime.base import Backend
+from vit_deploy.runtime.torch_backend import TorchBackend
 
 # about this many multiply-adds x2 of reference + candidate work per verification
 VERIFY_FLOP_BUDGET = 5e11
@@ -45,9 +45,9 @@ def default_sample_count(config: ViTConfig) -> int:
 
 def parity_inputs(config: ViTConfig, samples: int | None = None, seed: int = 0) -> ParityInputs:
     """Held-out images (about 3/4) and random normal pixels (the rest, at least 2)."""
-    from ..assets import heldout_set
-    from ..errors import ArtifactError
-    from ..preprocess import preprocess_batch
+    from vit_deploy.assets import heldout_set
+    from vit_deploy.errors import ArtifactError
+    from vit_deploy.preprocess import preprocess_batch
 
     n = default_sample_count(config) if samples is None else samples
     n_random = min(n, max(2, n // 4))
@@ -118,7 +118,7 @@ def verify_artifact(
 def _as_backend(source, config: ViTConfig) -> Backend:
     if isinstance(source, Backend):
         return source
-    from ..runtime.ort_backend import OrtBackend
+    from vit_deploy.runtime.ort_backend import OrtBackend
 
     path = Path(source)
     if path.is_dir():

@@ -13,19 +13,21 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import ArtifactError, BackendUnavailableError, ConfigError
-from ..manifest import read_manifest
-from .base import Backend, check_pixels, default_output_names
+from vit_deploy.errors import ArtifactError, BackendUnavailableError, ConfigError
+from vit_deploy.manifest import read_manifest
+from vit_deploy.runtime.base import Backend, check_pixels, default_output_names
 
 
 def _load_ort(directory: Path, **kw) -> Backend:
-    from .ort_backend import OrtBackend
+    from vit_deploy.runtime.ort_backend import OrtBackend
 
     return OrtBackend.from_artifact(directory, **kw)
 
 
 def _load_trt(directory: Path, **kw) -> Backend:
-    from .trt_backend import TensorRTBackend  # imports tensorrt only when constructed
+    from vit_deploy.runtime.tensorrt.backend import (
+        TensorRTBackend,  # imports tensorrt only when constructed
+    )
 
     return TensorRTBackend(directory, **kw)
 
@@ -47,7 +49,7 @@ def load_backend(source, backend: str = "auto", **kw) -> Backend:
     or a ``VisionTransformer`` (PyTorch). ``kw`` go to the backend's loader
     (e.g. ``providers=``, ``threads=`` for ONNX Runtime)."""
     if not isinstance(source, (str, os.PathLike)):
-        from ..model import VisionTransformer  # imports torch: only when given a model
+        from vit_deploy.model.vit import VisionTransformer  # imports torch: only when given a model
 
         if not isinstance(source, VisionTransformer):
             raise ConfigError(
@@ -58,7 +60,7 @@ def load_backend(source, backend: str = "auto", **kw) -> Backend:
             raise ConfigError(
                 f"backend: a VisionTransformer runs on 'torch' (or 'auto'), got {backend!r}"
             )
-        from .torch_backend import TorchBackend
+        from vit_deploy.runtime.torch_backend import TorchBackend
 
         return TorchBackend(source, **kw)
     directory = Path(source)

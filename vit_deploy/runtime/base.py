@@ -11,9 +11,9 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
-from ..config import ViTConfig
-from ..errors import InputDTypeError, InputShapeError
-from ..preprocess import is_tensor
+from vit_deploy.config import ViTConfig
+from vit_deploy.errors import InputDTypeError, InputShapeError
+from vit_deploy.preprocess import is_tensor
 
 INPUT_NAME = "pixels"
 INPUT_DTYPE = np.float32

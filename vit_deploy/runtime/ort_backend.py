@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import ViTConfig
-from ..errors import ArtifactError, BackendUnavailableError, ConfigError
-from ..manifest import read_manifest, verify_checksum
-from .base import INPUT_NAME, Backend, default_output_names
+from vit_deploy.config import ViTConfig
+from vit_deploy.errors import ArtifactError, BackendUnavailableError, ConfigError
+from vit_deploy.manifest import read_manifest, verify_checksum
+from vit_deploy.runtime.base import INPUT_NAME, Backend, default_output_names
 
 # Tried in this order when present in ort.get_available_providers(); CPU is always last.
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..model import VisionTransformer
-from .base import Backend, default_output_names
+from vit_deploy.model.vit import VisionTransformer
+from vit_deploy.runtime.base import Backend, default_output_names
 
 
 class TorchBackend(Backend):

@@ -1,0 +1,329 @@
+"""The whole ONNX export, staged and atomic: export -> optimise -> fp16 -> verify -> write.
+
+Everything is written into a hidden staging directory next to ``out``; only after the
+parity gate passed and the manifest is written is it renamed to ``out``. A failed or
+interrupted export removes the staging directory and leaves ``out`` as it was.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from vit_deploy import __version__
+from vit_deploy.errors import ConfigError, ExportError
+from vit_deploy.export.onnx import fusion_report as fusion
+from vit_deploy.export.onnx.fp16 import convert_to_fp16, fp32_report
+from vit_deploy.export.onnx.graph import export_copy, export_onnx
+from vit_deploy.export.onnx.optimize import (
+    ORT_ATTENTION,
+    PLAIN,
+    build_candidate,
+    measure_candidates,
+)
+from vit_deploy.export.options import BATCH_AXIS, INPUT_NAME, OnnxExportOptions
+from vit_deploy.export.parity import GateResult, ParityReport
+from vit_deploy.export.progress import Stages
+from vit_deploy.export.verify import ParityInputs, parity_inputs, reference_outputs, verify_artifact
+from vit_deploy.manifest import MANIFEST_NAME, file_entry, write_manifest
+from vit_deploy.model.vit import VisionTransformer
+from vit_deploy.runtime.ort_backend import OrtBackend
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.onnx"
+STAGES = ("build", "export", "optimise", "fp16 convert", "verify", "write")
+CANDIDATE_SAMPLES = 4  # rows of the parity set each graph variant must match before timing
+
+
+@dataclass
+class ExportResult:
+    directory: Path
+    manifest: dict
+    report: ParityReport | None
+    gate: GateResult | None
+
+
+def staging_dir(out: Path) -> Path:
+    """A hidden temp dir beside ``out`` (same filesystem, so the final rename is atomic)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out: expected a directory, got {str(out)!r} (an existing file)")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
+        raise ConfigError(
+            f"--out: expected a new directory or an earlier export to replace, got {str(out)!r} "
+            f"(not empty and has no {MANIFEST_NAME})"
+        )
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        staging.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the artifact is a normal dir
+        return staging
+    except OSError as exc:
+        raise ConfigError(
+            f"--out: expected a writable directory, got {str(out)!r} ({exc.strerror or exc})"
+        ) from exc
+
+
+def publish(staging: Path, out: Path) -> None:
+    """Rename the staging dir to ``out``, replacing an earlier export there."""
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / "artifact")
+        os.replace(staging, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, out)
+
+
+def library_versions() -> dict[str, str]:
+    import numpy
+    import onnxruntime
+    import onnxscript
+    import torch
+
+    versions = {
+        "vit_deploy": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "onnxscript": onnxscript.__version__,
+        "numpy": numpy.__version__,
+    }
+    try:
+        import onnxconverter_common
+
+        versions["onnxconverter_common"] = onnxconverter_common.__version__
+    except ImportError:
+        pass
+    return versions
+
+
+def io_spec(model: VisionTransformer, output_names: list[str]) -> tuple[list[dict], list[dict]]:
+    cfg = model.config
+    dims = {"logits": cfg.num_classes, "embedding": cfg.embed_dim}
+    inputs = [
+        {
+            "name": INPUT_NAME,
+            "dtype": "float32",
+            "shape": [BATCH_AXIS, cfg.in_chans, cfg.img_size, cfg.img_size],
+        }
+    ]
+    outputs = [
+        {"name": n, "dtype": "float32", "shape": [BATCH_AXIS, dims[n]]} for n in output_names
+    ]
+    return inputs, outputs
+
+
+class _Parity:
+    """The parity inputs and reference outputs, computed once and shared by stages."""
+
+    def __init__(self, reference: VisionTransformer, options: OnnxExportOptions, names):
+        self.reference_model = reference
+        self.options = options
+        self.names = names
+        self._inputs: ParityInputs | None = None
+        self._outputs: dict | None = None
+
+    @property
+    def inputs(self) -> ParityInputs:
+        if self._inputs is None:
+            self._inputs = parity_inputs(self.reference_model.config, self.options.verify_samples)
+        return self._inputs
+
+    @property
+    def outputs(self) -> dict:
+        if self._outputs is None:
+            self._outputs = reference_outputs(
+                self.reference_model, self.inputs.pixels, self.names, self.options.batch.opt
+            )
+        return self._outputs
+
+
+def _optimise(
+    staging: Path,
+    model_path: Path,
+    plain: onnx.ModelProto,
+    cfg,
+    options: OnnxExportOptions,
+    parity: _Parity,
+    threads,
+) -> tuple[dict, onnx.ModelProto]:
+    """(the optimisation record, the chosen graph); the chosen graph is at ``model_path``
+    when the artifact is fp32."""
+    mode = options.optimize
+    if mode == PLAIN:
+        return {"chosen": PLAIN, "reason": "--optimize plain"}, plain
+    if mode == "auto" and options.precision == "fp16":
+        reason = (
+            "fp16 artifacts stay standard ONNX (the TensorRT source); ONNX Runtime's CPU "
+            "provider has few fp16 kernels, so CPU timings would not tell"
+        )
+        return {"chosen": PLAIN, "reason": reason}, plain
+    name = ORT_ATTENTION if mode == "auto" else mode
+    try:
+        candidate = build_candidate(name, plain, cfg, staging)
+    except ExportError as exc:
+        if mode != "auto":
+            raise
+        log.warning("could not build the %s graph; keeping the plain one: %s", name, exc)
+        return {"chosen": PLAIN, "reason": f"{name} failed: {exc}"}, plain
+    if mode != "auto":
+        os.replace(candidate.path, model_path)
+        return {"chosen": name, "reason": f"--optimize {name}", **candidate.info}, candidate.proto
+    n = CANDIDATE_SAMPLES
+    result = measure_candidates(
+        {PLAIN: model_path, name: candidate.path},
+        cfg,
+        parity.inputs.pixels[:n],
+        {k: v[:n] for k, v in parity.outputs.items()},
+        options.precision,
+        iters=options.timing_iters,
+        threads=threads,
+    )
+    result["reason"] = "fastest correct graph at batch 1 (plain wins ties within 3%)"
+    result[name] = candidate.info
+    if result["chosen"] == name:
+        os.replace(candidate.path, model_path)
+        return result, candidate.proto
+    candidate.path.unlink(missing_ok=True)
+    return result, plain
+
+
+def export_onnx_artifact(
+    model: VisionTransformer,
+    out: str | os.PathLike,
+    options: OnnxExportOptions | None = None,
+    *,
+    source: str = "",
+    stages: Stages | None = None,
+    threads: int | None = None,
+) -> ExportResult:
+    """Export ``model`` to ``out`` (a directory: ``model.onnx`` + ``manifest.json``)."""
+    options = options or OnnxExportOptions()
+    start = time.perf_counter()
+    out = Path(out)
+    cfg = model.config
+    names = options.output_names(cfg.num_classes)
+    own_stages = stages is None
+    stages = stages or Stages(STAGES, enabled=False)
+    if own_stages:
+        stages.skip("build", "model given")
+    staging = staging_dir(out)
+    published = False
+    try:
+        reference = export_copy(model, "math")
+        parity = _Parity(reference, options, names)
+        model_path = staging / MODEL_FILE
+
+        with stages.stage("export"):
+            proto = export_onnx(model, options)
+            ir_version = proto.ir_version
+            got = [o.name for o in proto.graph.output]
+            if got != names:
+                raise ExportError(f"exported graph outputs: expected {names}, got {got}")
+            if options.precision == "fp32":  # fp16 is written after conversion
+                onnx.save_model(proto, str(model_path))
+
+        with stages.stage("optimise"):
+            optimisation, proto = _optimise(
+                staging, model_path, proto, cfg, options, parity, threads
+            )
+
+        if options.precision == "fp16":
+            with stages.stage("fp16 convert"):
+                proto, precision = convert_to_fp16(proto, options.fp32_ops, options.fp32_nodes)
+                onnx.save_model(proto, str(model_path))
+        else:
+            stages.skip("fp16 convert", "fp32")
+            precision = fp32_report()
+        artifact_counts = fusion.op_counts(proto)
+        custom_domains = sorted({n.domain for n in proto.graph.node} - {"", "ai.onnx"})
+        del proto
+
+        with stages.stage("verify"):
+            session_graph = staging / ".ort_session.onnx"
+            backend = OrtBackend.from_onnx(
+                model_path, cfg, threads=threads, optimized_model_path=session_graph
+            )
+            session_counts = fusion.op_counts(session_graph) if session_graph.is_file() else None
+            for leftover in staging.glob(".ort_session.onnx*"):
+                leftover.unlink()
+            fusion_report = fusion.fusion_report(artifact_counts, session_counts, cfg.depth)
+            report = gate = None
+            if options.verify:
+                report, gate = verify_artifact(
+                    backend,
+                    reference,
+                    options.precision,
+                    inputs=parity.inputs,
+                    reference=parity.outputs,
+                    batch=options.batch.opt,
+                )
+            del backend
+
+        with stages.stage("write"):
+            inputs, outputs = io_spec(model, names)
+            if report is not None:
+                parity_section = {
+                    "passed": gate.passed,
+                    "gate": gate.to_dict(),
+                    "report": report.to_dict(),
+                    "inputs": parity.inputs.to_dict(),
+                    "reference": "PyTorch fp32 eager, reference (math) attention, same weights",
+                    "batch": options.batch.opt,
+                }
+            else:
+                parity_section = {"skipped": True, "reason": "verification disabled (--no-verify)"}
+            manifest = {
+                "artifact": {"format": "onnx", **file_entry(staging, MODEL_FILE)},
+                "model": cfg.to_dict(),
+                "preprocess": cfg.preprocess.to_dict(),
+                "labels": list(cfg.labels),
+                "inputs": inputs,
+                "outputs": outputs,
+                "batch_profile": options.batch.to_dict(),
+                "precision": precision,
+                "onnx": {
+                    "opset": options.opset,
+                    "ir_version": ir_version,
+                    "exporter": "torch.onnx.export(dynamo=True)",
+                    "attention_exported": (
+                        model.attention if options.attention == "native" else options.attention
+                    ),
+                    "graph": optimisation["chosen"],
+                    "custom_domains": custom_domains,
+                    "optimization": optimisation,
+                },
+                "fusion": fusion_report,
+                "parity": parity_section,
+                "versions": library_versions(),
+                "export": {
+                    "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                        timespec="seconds"
+                    ),
+                    "source": source,
+                    "stage_seconds": dict(stages.seconds),
+                },
+            }
+            manifest["export"]["duration_s"] = round(time.perf_counter() - start, 3)
+            write_manifest(staging, manifest)
+            publish(staging, out)
+            published = True
+    finally:
+        if own_stages:
+            stages.close()
+        if not published:
+            shutil.rmtree(staging, ignore_errors=True)
+    return ExportResult(directory=out, manifest=manifest, report=report, gate=gate)

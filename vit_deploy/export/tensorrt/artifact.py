@@ -1,0 +1,120 @@
+"""The ``manifest.json`` of a TensorRT artifact, assembled from the ONNX export's.
+
+The artifact is ``model.engine`` (the artifact file), ``model.onnx`` (an extra file: the
+graph the engine was built from) and ``manifest.json``: the ONNX export's manifest with
+the engine as the artifact, the ONNX Runtime parity kept as ``onnx_parity``, the
+engine's own parity as ``parity``, and the ``engine`` section
+(``trt_env.engine_manifest_section``), whose ``build`` record is what
+``trt_env.rebuild_command`` turns back into a command line.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from vit_deploy.export.tensorrt.onnx_source import ONNX_FILE
+from vit_deploy.export.tensorrt.precision import Fp32Keep
+from vit_deploy.runtime.tensorrt.env import ENGINE_FILE
+
+
+def _model_arg(source: str) -> str | None:
+    """The --model value back from the model's description: None for the bundled default,
+    the preset or checkpoint path, or a placeholder for a model passed as an object."""
+    if source.startswith("the bundled"):
+        return None
+    for prefix in ("preset ", "checkpoint "):
+        if source.startswith(prefix):
+            return source[len(prefix) :].split(" (")[0]
+    return "<checkpoint of this model>"
+
+
+def build_record(
+    source: str, cfg, out, options, keep: Fp32Keep, converter: str, convert_after: str | None
+) -> dict:
+    """The engine section's ``build`` record: how this engine was built (and is rebuilt)."""
+    return {
+        "model": _model_arg(source),
+        "img_size": cfg.img_size,
+        "out": os.fspath(out),
+        "opt_level": options.opt_level,
+        "workspace_gib": options.workspace_gib,
+        "timing_cache": options.timing_cache,
+        "strongly_typed": True,
+        "tf32": False,
+        "fp16_converter": None if keep.all_fp32 else converter,
+        "fp16_conversion": "after the fp32 export" if convert_after else "in the ONNX export",
+    }
+
+
+def trt_manifest(onnx_manifest: dict, staging: Path, section: dict, keep, nodes, profile) -> dict:
+    """The artifact's manifest: the ONNX export's, with the engine as the artifact, the ONNX
+    file as an extra file, the ONNX Runtime parity kept as ``onnx_parity``, and the
+    ``engine`` section."""
+    from vit_deploy.manifest import file_entry
+
+    manifest = {k: v for k, v in onnx_manifest.items() if k != "format"}
+    manifest["artifact"] = {
+        "format": "trt",
+        **file_entry(staging, ENGINE_FILE),
+        "extra_files": [file_entry(staging, ONNX_FILE)],
+    }
+    manifest["onnx_parity"] = manifest.pop("parity", None)
+    manifest["batch_profile"] = profile.to_dict()
+    precision = dict(manifest.get("precision", {}))
+    precision.update(fp32_keep=keep.to_dict(), fp32_nodes=list(nodes))
+    manifest["precision"] = precision
+    manifest["engine"] = section
+    manifest["parity"] = {"pending": True}
+    manifest["export"] = dict(manifest.get("export", {}))
+    return manifest
+
+
+def finish_manifest(
+    manifest: dict,
+    section: dict,
+    attempts: list[dict],
+    env: Mapping,
+    *,
+    source: str,
+    duration_s: float,
+    report=None,
+    gate=None,
+    inputs=None,
+    batch: int | None = None,
+) -> None:
+    """Complete ``manifest`` (in place) once an engine passed (or was not verified): every
+    attempt, the engine's parity against PyTorch fp32, versions, source and duration."""
+    from vit_deploy.export.onnx.pipeline import library_versions
+
+    section["attempts"] = attempts
+    manifest["engine"] = section
+    if report is not None:
+        manifest["parity"] = {
+            "passed": gate.passed,
+            "gate": gate.to_dict(),
+            "report": report.to_dict(),
+            "inputs": inputs.to_dict(),
+            "reference": "PyTorch fp32 eager, reference (math) attention, same weights",
+            "batch": batch,
+            "backend": "tensorrt",
+        }
+        section["parity"] = {
+            "passed": gate.passed,
+            "summary": attempts[-1]["engine_parity"],
+        }
+    else:
+        manifest["parity"] = {
+            "skipped": True,
+            "reason": "verification disabled (--no-verify)",
+        }
+    manifest["versions"] = {
+        **library_versions(),
+        "tensorrt": env.get("tensorrt_version"),
+    }
+    manifest["export"]["source"] = source
+    manifest["export"]["duration_s"] = duration_s
+
+
+__all__ = ["build_record", "finish_manifest", "trt_manifest"]

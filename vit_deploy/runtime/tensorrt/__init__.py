@@ -1,0 +1,2 @@
+"""TensorRT at run time: ``backend`` (engine in, torch tensors through CUDA) and ``env``
+(where an engine was built and where it runs; checked before an engine is deserialised)."""

@@ -1,0 +1,244 @@
+"""Where an engine was built and where it runs: environment, manifest section, checks.
+
+- ``environment`` / ``capture_environment``: TensorRT, CUDA, GPU and compute capability;
+- ``engine_manifest_section``: the "engine" section of ``manifest.json``;
+  ``check_engine_section`` checks one;
+- ``check_engine_compat``: what differs between the engine's build machine and this one
+  (an engine built for another TensorRT or GPU is refused), and ``rebuild_command``,
+  the exact command that rebuilds it;
+- ``tensorrt_problems`` / ``require_tensorrt``: the one-line reason TensorRT cannot run
+  here, and what works instead.
+
+TensorRT is imported lazily, inside the functions that ask for its version.
+"""
+
+from __future__ import annotations
+
+import platform
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+
+from vit_deploy.batch_profile import BatchProfile
+from vit_deploy.errors import BackendUnavailableError, ManifestError
+from vit_deploy.export.tensorrt.fusion_report import FusionReport
+from vit_deploy.export.tensorrt.precision import Fp32Keep, resolve_precision
+
+ENGINE_SECTION_FORMAT = "vit_deploy.engine/1"
+MIN_TENSORRT = (10, 12)  # first release with the STRONGLY_TYPED network flag we rely on
+ENGINE_FILE = "model.engine"
+
+# --------------------------------------------------------------------------------------
+# Environment, the manifest's "engine" section, and the compatibility check
+# --------------------------------------------------------------------------------------
+
+
+def environment(
+    tensorrt_version: str | None,
+    cuda_version: str | None,
+    gpu_name: str | None,
+    compute_capability: str | None,
+    **extra,
+) -> dict:
+    """The environment dict an engine is built in / loaded in (plain values, JSON-ready)."""
+    env = {
+        "tensorrt_version": tensorrt_version,
+        "cuda_version": cuda_version,
+        "gpu_name": gpu_name,
+        "compute_capability": compute_capability,
+        "python": platform.python_version(),
+        "platform": platform.platform(terse=True),
+    }
+    env.update(extra)
+    return env
+
+
+def capture_environment() -> dict:
+    """This machine's environment (TensorRT, CUDA, GPU); None where something is missing."""
+    trt_version = cuda_version = gpu_name = capability = torch_version = None
+    try:
+        import tensorrt as trt  # noqa: F401  (lazy: only where installed)
+
+        trt_version = str(trt.__version__)
+    except Exception:
+        pass
+    try:
+        import torch
+
+        torch_version = torch.__version__
+        cuda_version = torch.version.cuda
+        if torch.cuda.is_available():
+            gpu_name = torch.cuda.get_device_name(0)
+            major, minor = torch.cuda.get_device_capability(0)
+            capability = f"{major}.{minor}"
+    except Exception:
+        pass
+    return environment(trt_version, cuda_version, gpu_name, capability, torch_version=torch_version)
+
+
+def rebuild_command(section: Mapping) -> str:
+    """The exact command that rebuilds the engine described by ``section``."""
+    build = section.get("build", {})
+    profile = section.get("profile", {})
+    args = ["vit-export"]
+    if build.get("model"):
+        args += ["--model", str(build["model"])]
+    args += ["--fmt", "trt", "--precision", str(section.get("precision", "fp16"))]
+    if profile:
+        args += ["--batch", f"{profile.get('min')}:{profile.get('opt')}:{profile.get('max')}"]
+    if build.get("img_size"):
+        args += ["--img-size", str(build["img_size"])]
+    if build.get("out"):
+        args += ["--out", str(build["out"])]
+    return shlex.join(args)
+
+
+def engine_manifest_section(
+    *,
+    env: Mapping,
+    profile: BatchProfile,
+    precision: str,
+    fp32_keep: Fp32Keep,
+    fp32_nodes: Sequence[str] = (),
+    engine_file: str = ENGINE_FILE,
+    engine_sha256: str,
+    onnx_file: str | None = None,
+    onnx_sha256: str | None = None,
+    input_name: str = "pixels",
+    output_names: Sequence[str] = ("logits", "embedding"),
+    build: Mapping | None = None,
+    fusion: FusionReport | None = None,
+    parity: Mapping | None = None,
+    attempts: Sequence[Mapping] = (),
+    layer_dtypes: Mapping[str, int] | None = None,
+) -> dict:
+    """The "engine" section of manifest.json (JSON-ready)."""
+    precision = resolve_precision("trt", precision)
+    return {
+        "format": ENGINE_SECTION_FORMAT,
+        "file": engine_file,
+        "sha256": engine_sha256,
+        "onnx_file": onnx_file,
+        "onnx_sha256": onnx_sha256,
+        "tensorrt_version": env.get("tensorrt_version"),
+        "cuda_version": env.get("cuda_version"),
+        "gpu_name": env.get("gpu_name"),
+        "compute_capability": env.get("compute_capability"),
+        "environment": dict(env),
+        "precision": "fp32" if fp32_keep.all_fp32 else precision,
+        "requested_precision": precision,
+        "fp32_keep": fp32_keep.to_dict(),
+        "fp32_nodes": list(fp32_nodes),
+        "profile": profile.to_dict(),
+        "input_name": input_name,
+        "output_names": list(output_names),
+        "build": dict(build or {}),
+        "fusion": fusion.to_dict() if fusion is not None else None,
+        "layer_dtypes": dict(layer_dtypes or {}),
+        "parity": dict(parity) if parity is not None else None,
+        "attempts": [dict(a) for a in attempts],
+    }
+
+
+def check_engine_section(section: Mapping) -> None:
+    """Raise ManifestError naming every missing or malformed field of an engine section."""
+    if not isinstance(section, Mapping):
+        raise ManifestError(f"engine section: expected an object, got {type(section).__name__}")
+    fmt = section.get("format")
+    if fmt != ENGINE_SECTION_FORMAT:
+        raise ManifestError(
+            f"engine section: expected format {ENGINE_SECTION_FORMAT!r}, got {fmt!r}"
+        )
+    needed = ("file", "sha256", "tensorrt_version", "compute_capability", "gpu_name", "profile")
+    missing = [k for k in needed if section.get(k) in (None, "")]
+    if missing:
+        raise ManifestError(f"engine section: missing {', '.join(missing)}")
+    BatchProfile.from_dict(section["profile"])
+
+
+def check_engine_compat(section: Mapping, current_env: Mapping) -> list[str]:
+    """What differs between where the engine was built and here (empty: compatible).
+
+    Refused: another TensorRT version (engines are not portable across versions),
+    another GPU compute capability, another GPU model. A different CUDA version
+    is only informational (TensorRT ships its own CUDA runtime dependencies).
+    """
+    checks = (
+        ("TensorRT version", "tensorrt_version"),
+        ("GPU compute capability", "compute_capability"),
+        ("GPU", "gpu_name"),
+    )
+    diffs = []
+    for label, key in checks:
+        built, here = section.get(key), current_env.get(key)
+        if here is None:
+            diffs.append(f"{label}: built with {built}, none here")
+        elif str(built) != str(here):
+            diffs.append(f"{label}: built with {built}, here {here}")
+    return diffs
+
+
+# --------------------------------------------------------------------------------------
+# Can TensorRT run here?
+# --------------------------------------------------------------------------------------
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", str(version))[:3])
+
+
+def tensorrt_problems() -> list[str]:
+    """What stops TensorRT from running here (empty: nothing)."""
+    problems = []
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            problems.append("no CUDA GPU (torch.cuda.is_available() is False)")
+    except Exception as exc:  # torch is a dependency, but say so if it is broken
+        problems.append(f"PyTorch with CUDA is not importable ({exc})")
+    try:
+        import tensorrt as trt
+
+        version = str(getattr(trt, "__version__", "0"))
+        if _version_tuple(version) < MIN_TENSORRT:
+            wanted = ".".join(map(str, MIN_TENSORRT))
+            problems.append(f"TensorRT {version} is too old (expected >= {wanted})")
+    except ImportError as exc:
+        problems.append(f"TensorRT is not installed (import tensorrt: {exc})")
+    except Exception as exc:  # an installed but broken TensorRT (missing libnvinfer, ...)
+        problems.append(f"TensorRT does not load (import tensorrt: {exc})")
+    return problems
+
+
+def unavailable_message(problems: Sequence[str], what: str = "vit-export --fmt trt") -> str:
+    return (
+        f"{what} needs TensorRT >= {'.'.join(map(str, MIN_TENSORRT))} and a CUDA GPU: "
+        + "; ".join(problems)
+        + ". What works here instead: vit-export --fmt onnx (ONNX Runtime, CPU or GPU). "
+        "To build engines, use a machine with an NVIDIA GPU and "
+        "`pip install 'vit-deploy[trt]'`, then run `vit-deploy doctor`."
+    )
+
+
+def require_tensorrt(what: str = "vit-export --fmt trt") -> None:
+    """Raise BackendUnavailableError (one line: what is missing, what works instead)."""
+    problems = tensorrt_problems()
+    if problems:
+        raise BackendUnavailableError(unavailable_message(problems, what))
+
+
+__all__ = [
+    "ENGINE_FILE",
+    "ENGINE_SECTION_FORMAT",
+    "MIN_TENSORRT",
+    "capture_environment",
+    "check_engine_compat",
+    "check_engine_section",
+    "engine_manifest_section",
+    "environment",
+    "rebuild_command",
+    "require_tensorrt",
+    "tensorrt_problems",
+    "unavailable_message",
+]
