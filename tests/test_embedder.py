@@ -10,6 +10,7 @@ import torch
 from embed_helpers import FAST_EXPORT, LABELS, random_image, tiny_artifact, tiny_model
 from PIL import Image
 
+from vit_deploy.checkpoints.spec import ModelSpecError
 from vit_deploy.embed.embedder import Embedder, cached_export, weights_hash
 from vit_deploy.errors import ArtifactError, InputShapeError, NoClassifierError
 from vit_deploy.runtime import load_backend
@@ -204,7 +205,7 @@ def test_from_model_reuses_the_cached_export(tmp_path_factory, monkeypatch):
 
 def test_from_model_torch_and_bad_sources(tmp_path):
     assert Embedder.from_model(tiny_model(), backend="torch").name == "torch"
-    with pytest.raises(ArtifactError, match="preset name"):
+    with pytest.raises(ModelSpecError, match="preset name"):  # the one resolver's error
         Embedder.from_model(str(tmp_path / "missing"), backend="torch")
 
 

@@ -424,7 +424,10 @@ def test_cli_exports_the_default_model(default_exports, precision):
 @pytest.mark.parametrize(
     "argv, expected",
     [
-        (["--model", "vit_bass_patch16_224"], "did you mean 'vit_base_patch16_224'"),
+        (
+            ["--model", "vit_bass_patch16_224"],
+            "did you mean the preset 'vit_base_patch16_224' (random weights)",
+        ),
         (["--batch", "8:4:1"], "1 <= MIN <= OPT <= MAX, got '8:4:1'"),
         (["--batch", "a:b"], "MIN:OPT:MAX as three integers (e.g. 1:8:32), got 'a:b'"),
         (

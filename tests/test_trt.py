@@ -613,8 +613,8 @@ def test_compat_lists_every_difference():
 
 def test_rebuild_command_is_exact():
     assert trt_env.rebuild_command(_section()) == (
-        "vit-export --model vit_small_patch16_224 --fmt trt --precision fp16 "
-        "--batch 1:8:32 --img-size 224 --out artifacts/trt"
+        "vit-export --model vit_small_patch16_224 --img-size 224 --fmt trt --precision fp16 "
+        "--batch 1:8:32 --opt-level 3 --workspace-gib 4.0 --out artifacts/trt"
     )
 
 
@@ -776,7 +776,6 @@ def test_vit_export_fmt_trt_refuses_in_one_line(tmp_path, monkeypatch, capsys):
 
 
 def test_build_options_are_checked():
-    from vit_deploy.export.tensorrt.artifact import _model_arg
     from vit_deploy.export.tensorrt.build import BuildOptions
 
     BuildOptions(BatchProfile(1, 8, 32))
@@ -784,9 +783,6 @@ def test_build_options_are_checked():
         BuildOptions(BatchProfile(1, 8, 32), opt_level=7, workspace_gib=0)
     assert "--opt-level: expected 0..5, got 7" in str(err.value)
     assert "--workspace-gib: expected a positive number, got 0" in str(err.value)
-    assert _model_arg("the bundled default model") is None
-    assert _model_arg("preset vit_base_patch16_224 (random weights)") == "vit_base_patch16_224"
-    assert _model_arg("checkpoint ckpt/vit.safetensors") == "ckpt/vit.safetensors"
 
 
 def test_trt_arguments_parse():
@@ -928,10 +924,9 @@ def test_export_trt_writes_a_checked_artifact(tmp_path, fake_tensorrt):
     assert m["onnx_parity"]["passed"]  # the fp16 graph on ONNX Runtime, CPU
     assert m["precision"]["mode"] == "fp16" and "Softmax" in m["precision"]["kept_fp32"]
     assert result.gate.passed
-    assert trt_env.rebuild_command(e) == (
-        f"vit-export --model vit_tiny_patch16_224 --fmt trt --precision fp16 --batch 1:2:4 "
-        f"--img-size 16 --out {out}"
-    )
+    # a model built in Python: no command line rebuilds it, and the manifest says so
+    assert e["build"]["model_args"] is None and e["build"]["model_spec"]["kind"] == "object"
+    assert "exported from a model built in Python" in trt_env.rebuild_command(e)
     assert any("attention fusion: fused (2/2 blocks)" in line for line in summary_lines(m))
 
 

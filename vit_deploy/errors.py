@@ -9,7 +9,24 @@ from __future__ import annotations
 
 
 class ViTDeployError(Exception):
-    """Base class of every error vit_deploy raises on purpose."""
+    """Base class of every error vit_deploy raises on purpose.
+
+    ``option``: the library parameter the error is about (``"batch"``, ``"img_size"``);
+    the message reads ``"batch: expected ..."`` and a CLI shows its own flag instead
+    (``"--batch: expected ..."``, see ``vit_deploy.cli.common.report_error``).
+    """
+
+    def __init__(self, *args, option: str | None = None):
+        super().__init__(*args)
+        self.option = option
+
+    @property
+    def detail(self) -> str:
+        """The message without the option prefix."""
+        return super().__str__()
+
+    def __str__(self) -> str:
+        return f"{self.option}: {self.detail}" if self.option else self.detail
 
 
 class ConfigError(ViTDeployError, ValueError):

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from vit_deploy.bench.timing import check_budget
 from vit_deploy.errors import ConfigError
+from vit_deploy.export.options import PRECISIONS
 
-PRECISIONS = ("fp32", "fp16")
 DEFAULT_BATCH_SIZES = (1, 8)
 DEFAULT_SECONDS = 1.0
 DEFAULT_WARMUP = 3
@@ -20,7 +20,8 @@ class BenchConfig:
     cannot run here are then skipped with the reason; a backend named explicitly that
     cannot run here is an error (``BackendUnavailableError``) instead."""
 
-    model: str | None = None  # preset, checkpoint path, or None: the bundled default model
+    # a ModelSpec, or what ModelSpec.parse takes: preset, checkpoint path, None (the default)
+    model: object = None
     backends: tuple[str, ...] | None = None
     precisions: tuple[str, ...] = PRECISIONS
     batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES

@@ -1,5 +1,5 @@
-"""What is benchmarked: the model (from a preset, a checkpoint or the bundled default) and
-the inputs every backend gets, the same for all of them.
+"""What every backend is benchmarked on: the same inputs for all of them (the model is a
+``vit_deploy.checkpoints.spec.ModelSpec``, resolved like every other tool's).
 
 - Bundled default model: the labeled held-out digits, decoded from PNG and preprocessed
   as serving does it. They are the parity set (so accuracy can be read off every
@@ -13,56 +13,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from vit_deploy.config import PRESETS
-from vit_deploy.errors import ConfigError
+from vit_deploy.checkpoints.spec import ModelSpec
 
-DEFAULT_SPECS = (None, "", "default")
 NO_LABELS = "n/a: no labeled held-out set for this model (only the bundled default model has one)"
-
-
-@dataclass
-class ModelSource:
-    """``--model``: a preset name, a checkpoint path, or None / "default" (bundled model).
-    Resolved by the CLI's shared ``resolve_model`` (same errors as every other tool)."""
-
-    spec: str | None = None
-    img_size: int | None = None
-
-    def __post_init__(self):
-        if self.spec in DEFAULT_SPECS:
-            self.spec = None
-        if self.img_size is not None and (
-            not isinstance(self.img_size, int)
-            or isinstance(self.img_size, bool)
-            or self.img_size < 1
-        ):
-            raise ConfigError(f"--img-size: expected a positive int, got {self.img_size!r}")
-
-    @property
-    def is_default(self) -> bool:
-        if self.spec is None:
-            return True
-        from vit_deploy.assets import DEFAULT_MODEL_DIR
-
-        return Path(self.spec).resolve() == DEFAULT_MODEL_DIR.resolve()
-
-    @property
-    def description(self) -> str:
-        if self.spec is None:
-            return "default (the bundled digits model)"
-        if self.spec in PRESETS:
-            return f"{self.spec} (preset, random weights)"
-        return str(self.spec)
-
-    def load(self, attention: str = "math"):
-        """A fresh model in eval mode, fp32 on the CPU, with the given attention path."""
-        from vit_deploy.cli.common import resolve_model
-
-        return resolve_model(self.spec, img_size=self.img_size, attention=attention).model
 
 
 @dataclass
@@ -89,10 +45,10 @@ def tile_rows(pixels: np.ndarray, n: int) -> np.ndarray:
 
 
 def build_inputs(
-    source: ModelSource, config, max_batch: int, parity_samples: int | None = None
+    spec: ModelSpec, config, max_batch: int, parity_samples: int | None = None
 ) -> BenchInputs:
     start = time.perf_counter()
-    if source.is_default and config.in_chans == 3:
+    if spec.is_default and config.in_chans == 3:
         from vit_deploy.assets import heldout_set
         from vit_deploy.preprocess import preprocess_batch
 

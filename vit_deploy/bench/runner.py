@@ -23,10 +23,11 @@ from vit_deploy.bench import environment, stats
 from vit_deploy.bench.artifacts import ArtifactInfo, check_artifacts, read_artifact
 from vit_deploy.bench.backends import REGISTRY, BackendSpec, Loaded
 from vit_deploy.bench.config import PRECISIONS, BenchConfig, check_config
-from vit_deploy.bench.inputs import NO_LABELS, BenchInputs, ModelSource, build_inputs
+from vit_deploy.bench.inputs import NO_LABELS, BenchInputs, build_inputs
 from vit_deploy.bench.matmul_peak import best_of, device_peaks
 from vit_deploy.bench.memory import PeakMemory
 from vit_deploy.bench.timing import Budget, measure
+from vit_deploy.checkpoints.spec import ModelSpec
 from vit_deploy.errors import BackendUnavailableError
 
 SCHEMA_VERSION = 1
@@ -46,7 +47,7 @@ class BenchContext:
     """What loaders need: the model source, device, threads, artifacts, output directory."""
 
     config: BenchConfig
-    source: ModelSource
+    source: ModelSpec
     device: str
     threads: int | None
     explicit_backends: frozenset[str]
@@ -86,7 +87,11 @@ def prepare(cfg: BenchConfig, registry: dict[str, BackendSpec]) -> BenchContext:
     import torch
 
     check_config(cfg, registry)
-    source = ModelSource(cfg.model, cfg.img_size)
+    source = (
+        cfg.model
+        if isinstance(cfg.model, ModelSpec)
+        else ModelSpec.parse(cfg.model, img_size=cfg.img_size)
+    )
     artifacts = [read_artifact(p) for p in cfg.artifacts]
     check_artifacts(artifacts, cfg.batch_sizes, None)
     if cfg.threads is not None:
@@ -370,7 +375,7 @@ def run_bench(
             "batch_sizes": list(ctx.batch_sizes),
             "device": ctx.device,
             "model": {
-                "spec": cfg.model,
+                "spec": ctx.source.to_dict(),
                 "source": ctx.source.description,
                 "config": model_cfg.to_dict(),
                 "flops_per_image": model_cfg.flops_per_image(),

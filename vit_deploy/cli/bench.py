@@ -19,6 +19,7 @@ from vit_deploy.cli.common import (
     EXIT_USAGE,
     add_model_argument,
     configure_logging,
+    model_spec,
     report_error,
 )
 
@@ -142,7 +143,7 @@ def config_from_args(args: argparse.Namespace):
     if seconds is None and args.iters is None:
         seconds = DEFAULT_SECONDS
     return BenchConfig(
-        model=args.model,
+        model=model_spec(args),
         backends=_split(args.backends),
         precisions=_split(args.precision) if args.precision is not None else PRECISIONS,
         batch_sizes=(

@@ -9,12 +9,9 @@ one. No tracebacks for either; a traceback means a bug in vit_deploy.
 from __future__ import annotations
 
 import argparse
-import difflib
 import logging
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 
 from vit_deploy.errors import (
     CheckpointError,
@@ -38,9 +35,22 @@ def exit_code(exc: BaseException) -> int:
     return EXIT_FAILURE
 
 
+def flag_name(option: str) -> str:
+    """A library parameter name as the CLI spells it: ``img_size`` -> ``--img-size``."""
+    return "--" + option.replace("_", "-")
+
+
+def error_text(exc: BaseException) -> str:
+    """The message in CLI terms: the library option it is about shown as its flag."""
+    option = getattr(exc, "option", None)
+    if option and isinstance(exc, ViTDeployError):
+        return f"{flag_name(option)}: {exc.detail}"
+    return str(exc)
+
+
 def report_error(prog: str, exc: BaseException) -> int:
     """Print the error (no traceback) and return its exit code."""
-    print(f"{prog}: error: {exc}", file=sys.stderr)
+    print(f"{prog}: error: {error_text(exc)}", file=sys.stderr)
     return exit_code(exc)
 
 
@@ -73,75 +83,47 @@ def configure_logging(prog: str, verbose: bool = False) -> None:
     root.propagate = False
 
 
-def add_model_argument(parser: argparse.ArgumentParser) -> None:
+def add_model_argument(parser: argparse.ArgumentParser, *, img_size: bool = False) -> None:
+    """``--model`` and the options that change the weights (``ModelSpec``'s fields)."""
     parser.add_argument(
         "--model",
         default=None,
         metavar="PRESET|CHECKPOINT",
-        help="a preset name (random weights, with a warning) or a checkpoint path "
+        help="a preset name (seeded random weights, with a warning) or a local checkpoint path "
         "(default: the bundled default model)",
     )
-
-
-@dataclass
-class ResolvedModel:
-    model: object  # VisionTransformer
-    description: str
-    name: str  # short, for default output paths
-    warning: str | None = None
-
-
-def check_img_size(img_size: int | None, patch_size: int) -> None:
-    if img_size is None:
-        return
-    if img_size <= 0 or img_size % patch_size:
-        raise UsageError(
-            f"--img-size: expected a positive multiple of the patch size {patch_size}, "
-            f"got {img_size}"
+    parser.add_argument(
+        "--config",
+        default=None,
+        metavar="NAME",
+        help="the architecture (a preset or known architecture name) for a checkpoint whose "
+        "metadata does not say it",
+    )
+    parser.add_argument(
+        "--num-heads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="attention heads, for a checkpoint whose metadata does not say (shapes cannot)",
+    )
+    if img_size:
+        parser.add_argument(
+            "--img-size",
+            type=int,
+            default=None,
+            metavar="N",
+            help="run at this resolution (position embedding resampled); a multiple of the "
+            "patch size",
         )
 
 
-def resolve_model(
-    spec: str | None, *, img_size: int | None = None, attention: str = "math"
-) -> ResolvedModel:
-    """``--model``: None (the bundled default), a preset name, or a checkpoint path.
-    ``img_size`` resamples the position embedding to a new resolution."""
-    from vit_deploy.config import PRESETS
+def model_spec(args: argparse.Namespace):
+    """The ``ModelSpec`` named by ``--model`` and the options ``add_model_argument`` added."""
+    from vit_deploy.checkpoints.spec import ModelSpec
 
-    if img_size is not None and img_size <= 0:
-        raise UsageError(f"--img-size: expected a positive int, got {img_size}")
-    if spec is None:
-        from vit_deploy.assets import load_default_model
-
-        model = load_default_model(attention=attention)
-        if img_size is not None and img_size != model.config.img_size:
-            check_img_size(img_size, model.config.patch_size)
-            model = load_default_model(attention=attention, img_size=img_size)
-        return ResolvedModel(model, "the bundled default model", "default")
-    if spec in PRESETS:
-        from vit_deploy.model.vit import create_model
-
-        check_img_size(img_size, PRESETS[spec].patch_size)
-        overrides = {"img_size": img_size} if img_size else {}
-        model = create_model(spec, attention=attention, **overrides)
-        warning = (
-            f"{spec} is a preset without weights: exporting random weights; pass a checkpoint "
-            "path to export a trained model"
-        )
-        return ResolvedModel(model, f"preset {spec} (random weights)", spec, warning)
-    path = Path(spec)
-    if not path.exists():
-        close = difflib.get_close_matches(spec, PRESETS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise UsageError(
-            f"--model: expected a preset name ({', '.join(sorted(PRESETS))}) or a checkpoint "
-            f"path, got {spec!r} (no such preset, file or directory){hint}"
-        )
-    from vit_deploy.checkpoints.load import load_model
-
-    model = load_model(path, attention=attention)
-    if img_size is not None and img_size != model.config.img_size:
-        check_img_size(img_size, model.config.patch_size)
-        model = load_model(path, attention=attention, img_size=img_size)
-    name = path.stem if path.is_file() else path.name
-    return ResolvedModel(model, f"checkpoint {spec}", name or "model")
+    return ModelSpec.parse(
+        args.model,
+        img_size=getattr(args, "img_size", None),
+        config=getattr(args, "config", None),
+        num_heads=getattr(args, "num_heads", None),
+    )

@@ -20,7 +20,7 @@ from vit_deploy.cli.common import (
     UsageError,
     add_model_argument,
     configure_logging,
-    resolve_model,
+    model_spec,
     run_main,
 )
 
@@ -246,19 +246,19 @@ def run(args: argparse.Namespace) -> int:
     stages = Stages(STAGES, enabled=not args.quiet and sys.stderr.isatty(), desc=PROG)
     try:
         with stages.stage("build"):
-            build_attention = "triton" if args.attention == "triton" else "math"
-            resolved = resolve_model(args.model, img_size=args.img_size, attention=build_attention)
+            spec = model_spec(args)
+            model = spec.load("triton" if args.attention == "triton" else "math")
         if args.out is None:
             kind = "" if args.fmt == "onnx" else f"{args.fmt}-"
-            args.out = str(Path("artifacts") / f"{resolved.name}-{kind}{args.precision}")
+            args.out = str(Path("artifacts") / f"{spec.name}-{kind}{args.precision}")
             check_out_dir(Path(args.out))
-        warnings = [resolved.warning] if resolved.warning else []
+        warnings = [spec.warning] if spec.warning else []
         for w in warnings:
             log.warning(w)
-        result = exporter(resolved.model, args, source=resolved.description, stages=stages)
+        result = exporter(model, args, source=spec.description, stages=stages)
     finally:
         stages.close()
-    print_summary(result, resolved.description, warnings)
+    print_summary(result, spec.description, warnings)
     if args.fmt == "trt":
         from vit_deploy.cli.export_trt import summary_lines
 

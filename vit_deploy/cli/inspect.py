@@ -16,7 +16,7 @@ from vit_deploy.cli.common import (
     UsageError,
     add_model_argument,
     configure_logging,
-    resolve_model,
+    model_spec,
     run_main,
 )
 
@@ -90,16 +90,16 @@ def _parse_heads(values: list[str] | None) -> list[int] | None:
         raise UsageError(f"--heads: expected head indices (ints) or 'all', got {values}") from None
 
 
-def _load_model(spec: str | None):
+def _load_model(args: argparse.Namespace):
     """(model, description, warning or None)."""
-    resolved = resolve_model(spec, attention="math")
+    spec = model_spec(args)
     warning = None
-    if resolved.warning:  # the shared warning talks about exporting; say what it means here
+    if spec.warning:  # the shared warning is about weights; say what it means here
         warning = (
-            f"{spec} is a preset with random weights: predictions and attention show an "
+            f"{spec.value} is a preset with random weights: predictions and attention show an "
             "untrained model; pass a checkpoint to see a trained one"
         )
-    return resolved.model, resolved.description, warning
+    return spec.load("math"), spec.description, warning
 
 
 def _load_pixels(model, image: str):
@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not Path(args.image).is_file():  # before loading a model, which can take a while
         raise UsageError(f"--image: expected an image file, got {args.image!r} (no such file)")
-    model, described, warning = _load_model(args.model)
+    model, described, warning = _load_model(args)
     if warning:
         log.warning(warning)
     cfg = model.config

@@ -251,44 +251,22 @@ def _labels_of(manifest: dict, config) -> tuple[str, ...]:
 
 
 def _as_model(model):
-    from vit_deploy.model.vit import VisionTransformer
+    """``Embedder.from_model``'s argument through the one model resolver."""
+    from vit_deploy.checkpoints.spec import ModelSpec, as_model
 
-    if isinstance(model, VisionTransformer):
-        return model
     if isinstance(model, (str, os.PathLike)):
-        from vit_deploy.checkpoints.load import load_model
-        from vit_deploy.config import PRESETS
-        from vit_deploy.model.vit import create_model
-
-        if Path(model).exists():
-            return load_model(model)
-        if str(model) in PRESETS:
-            warnings.warn(
-                f"{model!r} is a preset name: its weights are random, so are its embeddings",
-                stacklevel=3,
-            )
-            return create_model(str(model))
-        raise ArtifactError(
-            f"expected a VisionTransformer, a checkpoint path or a preset name, got {model!r} "
-            f"(no such path, and not one of {sorted(PRESETS)})"
-        )
-    raise ConfigError(
-        f"model: expected a VisionTransformer, checkpoint path or preset name, "
-        f"got {type(model).__name__}"
-    )
+        spec = ModelSpec.parse(model)
+        if spec.warning:
+            warnings.warn(spec.warning, stacklevel=3)
+        return spec.load()
+    return as_model(model)
 
 
 def weights_hash(model) -> str:
-    """sha256 over the config and every tensor (name, dtype, shape, bytes)."""
-    import torch
+    """The export-cache key of the weights: their sha256, salted with the cache version."""
+    from vit_deploy.checkpoints.spec import weights_sha256
 
-    digest = hashlib.sha256(CACHE_KEY_VERSION.encode())
-    digest.update(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()
+    return hashlib.sha256(f"{CACHE_KEY_VERSION}|{weights_sha256(model)}".encode()).hexdigest()
 
 
 def default_cache_dir() -> Path:

@@ -7,11 +7,12 @@ from dataclasses import dataclass
 
 from vit_deploy.batch_profile import BatchProfile  # the field type of OnnxExportOptions.batch
 from vit_deploy.errors import ConfigError
+from vit_deploy.runtime.base import INPUT_NAME  # noqa: F401  (one name, re-exported here)
 
-INPUT_NAME = "pixels"
 BATCH_AXIS = "batch"
 OUTPUT_CHOICES = ("logits", "embedding")
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")  # int8: QDQ ONNX (export/onnx/int8.py)
+OPENVINO_HINTS = ("f32", "bf16")  # OpenVINO inference precision hints a manifest can verify
 MIN_OPSET = 17  # LayerNormalization is a single op from opset 17
 MAX_OPSET = 23  # the highest opset whose export ONNX Runtime ran here (tests check 18)
 DEFAULT_OPSET = 18  # torch.onnx's own target (its torchlib): no version conversion
@@ -48,6 +49,14 @@ class OnnxExportOptions:
     # "onnx-attention": one ONNX Attention op per block (opset >= 23; from torch's SDPA).
     attention: str = "math"
     timing_iters: int = 3
+    # int8 only: calibration images (None: the bundled held-out digits), how many, the
+    # repair loop's attempts, and node names kept in float from the start
+    calibration: str | None = None
+    calibration_size: int = 128
+    int8_attempts: int = 3
+    int8_float_nodes: tuple[str, ...] = ()
+    # OpenVINO precision hints to verify through OpenVINO and record in the manifest
+    verify_openvino: tuple[str, ...] = ()
 
     def __post_init__(self):
         problems = []
@@ -80,6 +89,29 @@ class OnnxExportOptions:
             problems.append(f"verify_samples: expected >= 1, got {self.verify_samples}")
         if problems:
             raise ConfigError("; ".join(problems))
+
+    def cli_args(self) -> list[str]:
+        """The ``vit-export`` flags that give these options (for the manifest's command)."""
+        b = self.batch
+        args = ["--precision", self.precision, "--opset", str(self.opset)]
+        args += ["--batch", f"{b.min}:{b.opt}:{b.max}"]
+        if self.outputs is not None:
+            args += ["--outputs", ",".join(self.outputs)]
+        if self.precision != "fp32" and tuple(self.fp32_ops) != DEFAULT_FP32_OPS:
+            args += ["--fp32-ops", ",".join(self.fp32_ops)]
+        if self.optimize != "auto":
+            args += ["--optimize", self.optimize]
+        if self.attention != "math":
+            args += ["--attention", "triton" if self.attention == "native" else self.attention]
+        if self.precision == "int8":
+            if self.calibration is not None:
+                args += ["--calibration", self.calibration]
+            args += ["--calibration-size", str(self.calibration_size)]
+        if self.verify_openvino:
+            args += ["--verify-openvino", ",".join(self.verify_openvino)]
+        if not self.verify:
+            args.append("--no-verify")
+        return args
 
     def output_names(self, num_classes: int) -> list[str]:
         if self.outputs is None:

@@ -41,7 +41,7 @@ from vit_deploy.runtime.ort_backend import OrtBackend
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
-STAGES = ("build", "export", "optimise", "fp16 convert", "verify", "write")
+STAGES = ("build", "export", "optimise", "fp16 convert", "int8 quantize", "verify", "write")
 CANDIDATE_SAMPLES = 4  # rows of the parity set each graph variant must match before timing
 
 
@@ -165,6 +165,9 @@ def _optimise(
     mode = options.optimize
     if mode == PLAIN:
         return {"chosen": PLAIN, "reason": "--optimize plain"}, plain
+    if mode == "auto" and options.precision == "int8":
+        reason = "int8 quantizes the standard ONNX graph: its QDQ form runs on ORT, OpenVINO, TRT"
+        return {"chosen": PLAIN, "reason": reason}, plain
     if mode == "auto" and options.precision == "fp16":
         reason = (
             "fp16 artifacts stay standard ONNX (the TensorRT source); ONNX Runtime's CPU "
@@ -201,6 +204,21 @@ def _optimise(
     return result, plain
 
 
+def _model_record(model, options, out: Path) -> dict:
+    """Which weights these are, and the command that exports them again (None when the
+    model was built in Python: no command line names it)."""
+    import shlex
+
+    from vit_deploy.checkpoints.spec import spec_of, weights_sha256
+
+    spec = spec_of(model)
+    command = None
+    if spec.reproducible:
+        args = ["vit-export", *spec.cli_args(), "--fmt", "onnx", *options.cli_args()]
+        command = shlex.join([*args, "--out", os.fspath(out)])
+    return {"model_spec": spec.to_dict(), "weights_sha256": weights_sha256(model), "command": command}
+
+
 def export_onnx_artifact(
     model: VisionTransformer,
     out: str | os.PathLike,
@@ -233,7 +251,7 @@ def export_onnx_artifact(
             got = [o.name for o in proto.graph.output]
             if got != names:
                 raise ExportError(f"exported graph outputs: expected {names}, got {got}")
-            if options.precision == "fp32":  # fp16 is written after conversion
+            if options.precision in ("fp32", "int8"):  # fp16 is written after conversion
                 onnx.save_model(proto, str(model_path))
 
         with stages.stage("optimise"):
@@ -246,8 +264,19 @@ def export_onnx_artifact(
                 proto, precision = convert_to_fp16(proto, options.fp32_ops, options.fp32_nodes)
                 onnx.save_model(proto, str(model_path))
         else:
-            stages.skip("fp16 convert", "fp32")
+            stages.skip("fp16 convert", options.precision)
             precision = fp32_report()
+        report = gate = None  # int8: gated (and repaired) while quantizing
+        if options.precision == "int8":
+            from vit_deploy.export.onnx.int8 import quantize_artifact
+
+            with stages.stage("int8 quantize"):
+                precision, report, gate = quantize_artifact(
+                    model_path, cfg, options, parity, threads
+                )
+                proto = onnx.load(str(model_path))
+        else:
+            stages.skip("int8 quantize", options.precision)
         artifact_counts = fusion.op_counts(proto)
         custom_domains = sorted({n.domain for n in proto.graph.node} - {"", "ai.onnx"})
         del proto
@@ -261,8 +290,7 @@ def export_onnx_artifact(
             for leftover in staging.glob(".ort_session.onnx*"):
                 leftover.unlink()
             fusion_report = fusion.fusion_report(artifact_counts, session_counts, cfg.depth)
-            report = gate = None
-            if options.verify:
+            if options.verify and gate is None:
                 report, gate = verify_artifact(
                     backend,
                     reference,
@@ -272,6 +300,14 @@ def export_onnx_artifact(
                     batch=options.batch.opt,
                 )
             del backend
+            serving = {}
+            if options.verify_openvino:
+                from vit_deploy.export.onnx.openvino_verify import verify_openvino
+
+                serving["openvino"] = verify_openvino(
+                    model_path, cfg, options.verify_openvino, options.precision, parity,
+                    options.batch.opt,
+                )
 
         with stages.stage("write"):
             inputs, outputs = io_spec(model, names)
@@ -308,12 +344,14 @@ def export_onnx_artifact(
                 },
                 "fusion": fusion_report,
                 "parity": parity_section,
+                **({"serving": serving} if serving else {}),
                 "versions": library_versions(),
                 "export": {
                     "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
                         timespec="seconds"
                     ),
                     "source": source,
+                    **_model_record(model, options, out),
                     "stage_seconds": dict(stages.seconds),
                 },
             }

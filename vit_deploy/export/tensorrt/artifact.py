@@ -19,23 +19,15 @@ from vit_deploy.export.tensorrt.precision import Fp32Keep
 from vit_deploy.runtime.tensorrt.env import ENGINE_FILE
 
 
-def _model_arg(source: str) -> str | None:
-    """The --model value back from the model's description: None for the bundled default,
-    the preset or checkpoint path, or a placeholder for a model passed as an object."""
-    if source.startswith("the bundled"):
-        return None
-    for prefix in ("preset ", "checkpoint "):
-        if source.startswith(prefix):
-            return source[len(prefix) :].split(" (")[0]
-    return "<checkpoint of this model>"
-
-
 def build_record(
-    source: str, cfg, out, options, keep: Fp32Keep, converter: str, convert_after: str | None
+    spec, cfg, out, options, keep: Fp32Keep, converter: str, convert_after: str | None
 ) -> dict:
-    """The engine section's ``build`` record: how this engine was built (and is rebuilt)."""
+    """The engine section's ``build`` record: how this engine was built (and is rebuilt).
+    ``spec``: the model's ``ModelSpec``; ``model_args`` is None when no command line names
+    the model (one built in Python)."""
     return {
-        "model": _model_arg(source),
+        "model_spec": spec.to_dict(),
+        "model_args": spec.cli_args() if spec.reproducible else None,
         "img_size": cfg.img_size,
         "out": os.fspath(out),
         "opt_level": options.opt_level,

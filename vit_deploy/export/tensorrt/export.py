@@ -118,8 +118,8 @@ def export_trt(
     from vit_deploy.export.verify import parity_inputs, reference_outputs
     from vit_deploy.manifest import file_entry, write_manifest
 
-    model, described = _resolve_model(model, img_size)
-    source = source or described
+    model, spec = _resolve_model(model, img_size)
+    source = source or spec.description
     cfg = model.config
     out = Path(out)
     stages = stages or Stages(TRT_STAGES, enabled=False, desc="vit-export trt")
@@ -208,7 +208,7 @@ def export_trt(
                 onnx_sha256=file_entry(staging, ONNX_FILE)["sha256"],
                 input_name=INPUT_NAME,
                 output_names=names,
-                build=build_record(source, cfg, out, options, keep, converter, convert_after),
+                build=build_record(spec, cfg, out, options, keep, converter, convert_after),
                 fusion=fusion,
                 attempts=attempts,
                 layer_dtypes=info.dtype_counts(),
@@ -266,17 +266,15 @@ def export_trt(
 
 
 def _resolve_model(model, img_size=None):
-    """(VisionTransformer, description) from a model, a preset / checkpoint spec, or None."""
-    from vit_deploy.model.vit import VisionTransformer
+    """(VisionTransformer, its ModelSpec) from a model, a spec, a preset / checkpoint, or None."""
+    from vit_deploy.checkpoints.spec import ModelSpec, as_model, spec_of
 
-    if isinstance(model, VisionTransformer):
-        return model, "model"
-    from vit_deploy.cli.common import resolve_model
-
-    resolved = resolve_model(model, img_size=img_size)
-    if resolved.warning:
-        log.warning(resolved.warning)
-    return resolved.model, resolved.description
+    if model is None or isinstance(model, (str, os.PathLike)):
+        model = ModelSpec.parse(model, img_size=img_size)
+        if model.warning:
+            log.warning(model.warning)
+    model = as_model(model)
+    return model, spec_of(model)
 
 
 def _engine_parity(staging: Path, reference, inputs, ref_outputs, gate_precision, batch):

@@ -77,17 +77,28 @@ def capture_environment() -> dict:
 
 
 def rebuild_command(section: Mapping) -> str:
-    """The exact command that rebuilds the engine described by ``section``."""
+    """The command that rebuilds the engine described by ``section``, from the model spec
+    its ``build`` record stores (``vit_deploy.checkpoints.spec.ModelSpec.cli_args``)."""
     build = section.get("build", {})
     profile = section.get("profile", {})
-    args = ["vit-export"]
-    if build.get("model"):
-        args += ["--model", str(build["model"])]
+    if "model_args" in build:
+        model_args = build["model_args"]
+        if model_args is None:
+            return (
+                "(none: the engine was exported from a model built in Python; save it with "
+                "vit_deploy.save_model and export the saved directory)"
+            )
+        args = ["vit-export", *model_args]
+    else:  # manifests written before the model spec: "model" and "img_size" only
+        args = ["vit-export"] + (["--model", str(build["model"])] if build.get("model") else [])
+        if build.get("img_size"):
+            args += ["--img-size", str(build["img_size"])]
     args += ["--fmt", "trt", "--precision", str(section.get("precision", "fp16"))]
     if profile:
         args += ["--batch", f"{profile.get('min')}:{profile.get('opt')}:{profile.get('max')}"]
-    if build.get("img_size"):
-        args += ["--img-size", str(build["img_size"])]
+    for key in ("opt_level", "workspace_gib", "timing_cache"):
+        if build.get(key) is not None:
+            args += ["--" + key.replace("_", "-"), str(build[key])]
     if build.get("out"):
         args += ["--out", str(build["out"])]
     return shlex.join(args)
