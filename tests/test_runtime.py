@@ -166,9 +166,24 @@ def test_missing_manifest_and_missing_dir(artifact_copy, tmp_path):
         load_backend(tmp_path / "nowhere")
 
 
+def test_backend_names_have_one_spelling():
+    from vit_deploy.runtime import BACKEND_NAMES, canonical_backend
+
+    assert canonical_backend("tensorrt") == "trt" and canonical_backend("onnxruntime") == "ort"
+    assert all(canonical_backend(n) == n for n in BACKEND_NAMES)
+    assert canonical_backend("tpu") == "tpu"  # unknown: left for the caller to refuse
+
+
+def test_backends_say_whether_they_are_thread_safe(artifact_copy, model):
+    assert load_backend(artifact_copy).thread_safe is True  # InferenceSession.run
+    assert load_backend(model).thread_safe is False  # torch modules: called under a lock
+
+
 def test_unknown_artifact_format_and_backend(artifact_copy, model):
-    with pytest.raises(ConfigError, match=r"expected one of \['auto', 'ort'\]"):
+    with pytest.raises(ConfigError, match=r"expected one of \['auto', 'ort', 'openvino'\]"):
         load_backend(artifact_copy, backend="trt")
+    with pytest.raises(ConfigError, match="got 'trt'"):  # aliases are canonicalised first
+        load_backend(artifact_copy, backend="TensorRT")
     with pytest.raises(ConfigError, match="runs on 'torch'"):
         load_backend(model, backend="ort")
     with pytest.raises(ConfigError, match="expected an artifact directory or a VisionTransformer"):

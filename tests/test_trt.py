@@ -39,12 +39,13 @@ from vit_deploy.export.tensorrt import fp16 as trt_fp16
 from vit_deploy.export.tensorrt import fusion_report as trt_fusion
 from vit_deploy.export.tensorrt import graph as trt_graph
 from vit_deploy.export.tensorrt import precision as trt_precision
+from vit_deploy.export.tensorrt.artifact import engine_manifest_section
 from vit_deploy.export.tensorrt.engine_info import parse_engine_information
 from vit_deploy.export.tensorrt.fusion_report import fusion_report
 from vit_deploy.export.tensorrt.graph import NodeInfo
 from vit_deploy.export.tensorrt.precision import Fp32Keep, next_fp32_keep_list
 from vit_deploy.runtime.tensorrt import env as trt_env
-from vit_deploy.runtime.tensorrt.env import check_engine_compat, engine_manifest_section
+from vit_deploy.runtime.tensorrt.env import check_engine_compat
 
 ROOT = Path(__file__).resolve().parents[1]
 TRT_BUILD = ROOT / "vit_deploy" / "export" / "tensorrt" / "build.py"  # every TensorRT build call
@@ -920,7 +921,7 @@ def test_export_trt_writes_a_checked_artifact(tmp_path, fake_tensorrt):
     assert e["profile"] == {"min": 1, "opt": 2, "max": 4}
     assert e["fusion"]["status"] == "fused" and e["fusion"]["fused_blocks"] == 2
     assert [a["passed"] for a in e["attempts"]] == [True]
-    assert m["parity"]["passed"] and m["parity"]["backend"] == "tensorrt"
+    assert m["parity"]["passed"] and m["parity"]["backend"] == "trt"
     assert m["onnx_parity"]["passed"]  # the fp16 graph on ONNX Runtime, CPU
     assert m["precision"]["mode"] == "fp16" and "Softmax" in m["precision"]["kept_fp32"]
     assert result.gate.passed

@@ -6,7 +6,7 @@
 
 Every input goes through the artifact's own preprocessing (``manifest["preprocess"]``),
 the same code on every backend. One ``Embedder`` may be shared by threads: ONNX Runtime
-sessions are thread-safe; other backends are called under a lock. Nothing here imports
+sessions are thread-safe; backends whose ``thread_safe`` is False are called under a lock. Nothing here imports
 torch unless a PyTorch model or tensor is involved.
 """
 
@@ -29,8 +29,6 @@ from vit_deploy.errors import ArtifactError, ConfigError, InputShapeError, NoCla
 from vit_deploy.preprocess import is_tensor, preprocess_one
 
 DEFAULT_BATCH_SIZE = 32
-# Backends whose __call__ may run from several threads at once (InferenceSession.run is).
-THREAD_SAFE_BACKENDS = ("ort",)
 CACHE_ENV = "VIT_DEPLOY_CACHE"
 # Part of the cache key: bump when the exported artifact for the same weights changes.
 CACHE_KEY_VERSION = "embedder-cache/1"
@@ -67,8 +65,8 @@ class Embedder:
                 f"expected an 'embedding' output, got outputs {list(backend.output_names)}; "
                 "re-export with --outputs embedding (or both)"
             )
-        thread_safe = getattr(backend, "thread_safe", backend.name in THREAD_SAFE_BACKENDS)
-        self._lock = None if thread_safe else threading.Lock()
+        # the backend says whether __call__ may run from several threads at once
+        self._lock = None if getattr(backend, "thread_safe", False) else threading.Lock()
 
     # ------------------------------------------------------------------ constructors
 

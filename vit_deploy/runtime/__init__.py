@@ -15,13 +15,25 @@ from pathlib import Path
 
 from vit_deploy.errors import ArtifactError, BackendUnavailableError, ConfigError
 from vit_deploy.manifest import read_manifest
-from vit_deploy.runtime.base import Backend, check_pixels, default_output_names
+from vit_deploy.runtime.base import (
+    BACKEND_NAMES,
+    Backend,
+    canonical_backend,
+    check_pixels,
+    default_output_names,
+)
 
 
 def _load_ort(directory: Path, **kw) -> Backend:
     from vit_deploy.runtime.ort_backend import OrtBackend
 
     return OrtBackend.from_artifact(directory, **kw)
+
+
+def _load_openvino(directory: Path, **kw) -> Backend:
+    from vit_deploy.runtime.openvino_backend import OpenVinoBackend
+
+    return OpenVinoBackend.from_artifact(directory, **kw)
 
 
 def _load_trt(directory: Path, **kw) -> Backend:
@@ -35,19 +47,22 @@ def _load_trt(directory: Path, **kw) -> Backend:
 # artifact format (manifest "artifact.format") -> {backend name: loader(directory, **kw)};
 # the first entry is what backend="auto" picks.
 ARTIFACT_LOADERS: dict[str, dict[str, Callable[..., Backend]]] = {
-    "onnx": {"ort": _load_ort},
-    "trt": {"tensorrt": _load_trt},
+    "onnx": {"ort": _load_ort, "openvino": _load_openvino},
+    "trt": {"trt": _load_trt},
 }
 
 
 def register_artifact_loader(fmt: str, backend: str, loader: Callable[..., Backend]) -> None:
-    ARTIFACT_LOADERS.setdefault(fmt, {})[backend] = loader
+    ARTIFACT_LOADERS.setdefault(fmt, {})[canonical_backend(backend)] = loader
 
 
 def load_backend(source, backend: str = "auto", **kw) -> Backend:
     """A backend for ``source``: an artifact directory (its manifest says which format)
     or a ``VisionTransformer`` (PyTorch). ``kw`` go to the backend's loader
-    (e.g. ``providers=``, ``threads=`` for ONNX Runtime)."""
+    (e.g. ``providers=``, ``threads=`` for ONNX Runtime). ``backend`` takes the canonical
+    names (``torch``, ``torch-triton``, ``ort``, ``openvino``, ``trt``) and their aliases
+    (``tensorrt``, ``onnxruntime``, ...)."""
+    backend = canonical_backend(backend)
     if not isinstance(source, (str, os.PathLike)):
         from vit_deploy.model.vit import VisionTransformer  # imports torch: only when given a model
 
@@ -58,7 +73,8 @@ def load_backend(source, backend: str = "auto", **kw) -> Backend:
             )
         if backend not in ("auto", "torch", "torch-triton"):
             raise ConfigError(
-                f"backend: a VisionTransformer runs on 'torch' (or 'auto'), got {backend!r}"
+                f"a VisionTransformer runs on 'torch' (or 'auto'), got {backend!r}",
+                option="backend",
             )
         from vit_deploy.runtime.torch_backend import TorchBackend
 
@@ -77,13 +93,16 @@ def load_backend(source, backend: str = "auto", **kw) -> Backend:
     name = next(iter(loaders)) if backend == "auto" else backend
     if name not in loaders:
         raise ConfigError(
-            f"backend: expected one of {['auto', *loaders]} for a {fmt!r} artifact, got {backend!r}"
+            f"expected one of {['auto', *loaders]} for a {fmt!r} artifact, got {backend!r}",
+            option="backend",
         )
     return loaders[name](directory, **kw)
 
 
 __all__ = [
     "ARTIFACT_LOADERS",
+    "BACKEND_NAMES",
+    "canonical_backend",
     "Backend",
     "check_pixels",
     "default_output_names",

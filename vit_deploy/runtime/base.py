@@ -1,8 +1,12 @@
 """The interface every backend shares: preprocessed pixels in, named outputs out.
 
-A backend has ``.name``, ``.config`` (the ``ViTConfig``), ``.manifest`` (dict or None),
-``.output_names``, and ``__call__(pixels) -> {"logits": ..., "embedding": ...}``.
-Inputs are checked before inference, with errors that say what was expected.
+A backend has ``.name`` (one of ``BACKEND_NAMES``), ``.config`` (the ``ViTConfig``),
+``.manifest`` (dict or None), ``.output_names``, ``.thread_safe`` (whether ``__call__`` may
+run from several threads at once), and ``__call__(pixels) -> {"logits": ..., "embedding":
+...}``: numpy float32 in, numpy out, on every backend. GPU backends also have
+``run_device(tensor) -> {name: tensor}``, which keeps both ends on the device (for
+benchmarks that must not time host copies). Inputs are checked before inference, with
+errors that say what was expected.
 """
 
 from __future__ import annotations
@@ -12,11 +16,29 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 from vit_deploy.config import ViTConfig
-from vit_deploy.errors import InputDTypeError, InputShapeError
+from vit_deploy.errors import BackendUnavailableError, InputDTypeError, InputShapeError
 from vit_deploy.preprocess import is_tensor
 
 INPUT_NAME = "pixels"
 INPUT_DTYPE = np.float32
+# Canonical backend names: the one spelling in output, manifests and results.
+BACKEND_NAMES = ("torch", "torch-triton", "torch-compile", "ort", "openvino", "trt")
+# Other spellings users type; accepted wherever a backend is named.
+BACKEND_ALIASES = {
+    "pytorch": "torch",
+    "triton": "torch-triton",
+    "onnxruntime": "ort",
+    "onnx-runtime": "ort",
+    "ov": "openvino",
+    "tensorrt": "trt",
+}
+
+
+def canonical_backend(name: str) -> str:
+    """``name`` in its one spelling ("tensorrt" -> "trt"); unknown names pass through, for
+    the caller to refuse with its own list of choices."""
+    key = str(name).strip().lower()
+    return BACKEND_ALIASES.get(key, key)
 
 
 def default_output_names(config: ViTConfig) -> list[str]:
@@ -53,6 +75,7 @@ class Backend(ABC):
     """Base class: subclasses implement ``_run`` on an already checked numpy batch."""
 
     name: str = "backend"
+    thread_safe: bool = False  # conservative: callers serialise unless a backend says so
 
     def __init__(
         self, config: ViTConfig, output_names: list[str], manifest: dict | None = None
@@ -63,6 +86,13 @@ class Backend(ABC):
 
     def check_input(self, pixels: object) -> np.ndarray:
         return check_pixels(pixels, self.config)
+
+    def run_device(self, pixels):
+        """Device-resident inputs and outputs; only GPU backends have it."""
+        raise BackendUnavailableError(
+            f"expected a GPU backend for device-resident runs, got {self.name!r}; call it "
+            "with numpy pixels instead"
+        )
 
     def __call__(self, pixels) -> dict[str, np.ndarray]:
         return self._run(self.check_input(pixels))

@@ -79,6 +79,7 @@ def session_options(
 
 class OrtBackend(Backend):
     name = "ort"
+    thread_safe = True  # InferenceSession.run may be called from several threads
 
     def __init__(
         self,

@@ -4,19 +4,21 @@ The artifact is ``model.engine`` (the artifact file), ``model.onnx`` (an extra f
 graph the engine was built from) and ``manifest.json``: the ONNX export's manifest with
 the engine as the artifact, the ONNX Runtime parity kept as ``onnx_parity``, the
 engine's own parity as ``parity``, and the ``engine`` section
-(``trt_env.engine_manifest_section``), whose ``build`` record is what
+(``engine_manifest_section``), whose ``build`` record is what
 ``trt_env.rebuild_command`` turns back into a command line.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from vit_deploy.batch_profile import BatchProfile
+from vit_deploy.export.tensorrt.fusion_report import FusionReport
 from vit_deploy.export.tensorrt.onnx_source import ONNX_FILE
-from vit_deploy.export.tensorrt.precision import Fp32Keep
-from vit_deploy.runtime.tensorrt.env import ENGINE_FILE
+from vit_deploy.export.tensorrt.precision import Fp32Keep, resolve_precision
+from vit_deploy.runtime.tensorrt.env import ENGINE_FILE, ENGINE_SECTION_FORMAT
 
 
 def build_record(
@@ -37,6 +39,53 @@ def build_record(
         "tf32": False,
         "fp16_converter": None if keep.all_fp32 else converter,
         "fp16_conversion": "after the fp32 export" if convert_after else "in the ONNX export",
+    }
+
+
+def engine_manifest_section(
+    *,
+    env: Mapping,
+    profile: BatchProfile,
+    precision: str,
+    fp32_keep: Fp32Keep,
+    fp32_nodes: Sequence[str] = (),
+    engine_file: str = ENGINE_FILE,
+    engine_sha256: str,
+    onnx_file: str | None = None,
+    onnx_sha256: str | None = None,
+    input_name: str = "pixels",
+    output_names: Sequence[str] = ("logits", "embedding"),
+    build: Mapping | None = None,
+    fusion: FusionReport | None = None,
+    parity: Mapping | None = None,
+    attempts: Sequence[Mapping] = (),
+    layer_dtypes: Mapping[str, int] | None = None,
+) -> dict:
+    """The "engine" section of manifest.json (JSON-ready)."""
+    precision = resolve_precision("trt", precision)
+    return {
+        "format": ENGINE_SECTION_FORMAT,
+        "file": engine_file,
+        "sha256": engine_sha256,
+        "onnx_file": onnx_file,
+        "onnx_sha256": onnx_sha256,
+        "tensorrt_version": env.get("tensorrt_version"),
+        "cuda_version": env.get("cuda_version"),
+        "gpu_name": env.get("gpu_name"),
+        "compute_capability": env.get("compute_capability"),
+        "environment": dict(env),
+        "precision": "fp32" if fp32_keep.all_fp32 else precision,
+        "requested_precision": precision,
+        "fp32_keep": fp32_keep.to_dict(),
+        "fp32_nodes": list(fp32_nodes),
+        "profile": profile.to_dict(),
+        "input_name": input_name,
+        "output_names": list(output_names),
+        "build": dict(build or {}),
+        "fusion": fusion.to_dict() if fusion is not None else None,
+        "layer_dtypes": dict(layer_dtypes or {}),
+        "parity": dict(parity) if parity is not None else None,
+        "attempts": [dict(a) for a in attempts],
     }
 
 
@@ -90,7 +139,7 @@ def finish_manifest(
             "inputs": inputs.to_dict(),
             "reference": "PyTorch fp32 eager, reference (math) attention, same weights",
             "batch": batch,
-            "backend": "tensorrt",
+            "backend": "trt",
         }
         section["parity"] = {
             "passed": gate.passed,
@@ -109,4 +158,4 @@ def finish_manifest(
     manifest["export"]["duration_s"] = duration_s
 
 
-__all__ = ["build_record", "finish_manifest", "trt_manifest"]
+__all__ = ["build_record", "engine_manifest_section", "finish_manifest", "trt_manifest"]

@@ -35,7 +35,12 @@ from pathlib import Path
 from vit_deploy.batch_profile import as_profile
 from vit_deploy.errors import ConfigError
 from vit_deploy.export.tensorrt import build as trt_build
-from vit_deploy.export.tensorrt.artifact import build_record, finish_manifest, trt_manifest
+from vit_deploy.export.tensorrt.artifact import (
+    build_record,
+    engine_manifest_section,
+    finish_manifest,
+    trt_manifest,
+)
 from vit_deploy.export.tensorrt.build import (
     DEFAULT_OPT_LEVEL,
     DEFAULT_WORKSPACE_GIB,
@@ -61,7 +66,7 @@ from vit_deploy.export.tensorrt.precision import (
     resolve_precision,
 )
 from vit_deploy.runtime.tensorrt import env as trt_env
-from vit_deploy.runtime.tensorrt.env import ENGINE_FILE, engine_manifest_section
+from vit_deploy.runtime.tensorrt.env import ENGINE_FILE
 
 log = logging.getLogger("vit_deploy.export.trt")
 

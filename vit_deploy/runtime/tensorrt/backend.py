@@ -91,7 +91,7 @@ class TensorRTBackend(Backend):
     """A TensorRT engine with the backend interface (``name``, ``config``, ``manifest``,
     ``output_names``, ``__call__``)."""
 
-    name = "tensorrt"
+    name = "trt"
 
     def __init__(self, source: str | Path, *, cuda_graphs: bool = False, device: int = 0):
         require_tensorrt("the TensorRT backend")  # BackendUnavailableError, one line

@@ -1,8 +1,8 @@
 """Where an engine was built and where it runs: environment, manifest section, checks.
 
 - ``environment`` / ``capture_environment``: TensorRT, CUDA, GPU and compute capability;
-- ``engine_manifest_section``: the "engine" section of ``manifest.json``;
-  ``check_engine_section`` checks one;
+- ``check_engine_section``: checks the "engine" section of ``manifest.json`` (written by
+  ``vit_deploy.export.tensorrt.artifact.engine_manifest_section``);
 - ``check_engine_compat``: what differs between the engine's build machine and this one
   (an engine built for another TensorRT or GPU is refused), and ``rebuild_command``,
   the exact command that rebuilds it;
@@ -21,8 +21,6 @@ from collections.abc import Mapping, Sequence
 
 from vit_deploy.batch_profile import BatchProfile
 from vit_deploy.errors import BackendUnavailableError, ManifestError
-from vit_deploy.export.tensorrt.fusion_report import FusionReport
-from vit_deploy.export.tensorrt.precision import Fp32Keep, resolve_precision
 
 ENGINE_SECTION_FORMAT = "vit_deploy.engine/1"
 MIN_TENSORRT = (10, 12)  # first release with the STRONGLY_TYPED network flag we rely on
@@ -102,53 +100,6 @@ def rebuild_command(section: Mapping) -> str:
     if build.get("out"):
         args += ["--out", str(build["out"])]
     return shlex.join(args)
-
-
-def engine_manifest_section(
-    *,
-    env: Mapping,
-    profile: BatchProfile,
-    precision: str,
-    fp32_keep: Fp32Keep,
-    fp32_nodes: Sequence[str] = (),
-    engine_file: str = ENGINE_FILE,
-    engine_sha256: str,
-    onnx_file: str | None = None,
-    onnx_sha256: str | None = None,
-    input_name: str = "pixels",
-    output_names: Sequence[str] = ("logits", "embedding"),
-    build: Mapping | None = None,
-    fusion: FusionReport | None = None,
-    parity: Mapping | None = None,
-    attempts: Sequence[Mapping] = (),
-    layer_dtypes: Mapping[str, int] | None = None,
-) -> dict:
-    """The "engine" section of manifest.json (JSON-ready)."""
-    precision = resolve_precision("trt", precision)
-    return {
-        "format": ENGINE_SECTION_FORMAT,
-        "file": engine_file,
-        "sha256": engine_sha256,
-        "onnx_file": onnx_file,
-        "onnx_sha256": onnx_sha256,
-        "tensorrt_version": env.get("tensorrt_version"),
-        "cuda_version": env.get("cuda_version"),
-        "gpu_name": env.get("gpu_name"),
-        "compute_capability": env.get("compute_capability"),
-        "environment": dict(env),
-        "precision": "fp32" if fp32_keep.all_fp32 else precision,
-        "requested_precision": precision,
-        "fp32_keep": fp32_keep.to_dict(),
-        "fp32_nodes": list(fp32_nodes),
-        "profile": profile.to_dict(),
-        "input_name": input_name,
-        "output_names": list(output_names),
-        "build": dict(build or {}),
-        "fusion": fusion.to_dict() if fusion is not None else None,
-        "layer_dtypes": dict(layer_dtypes or {}),
-        "parity": dict(parity) if parity is not None else None,
-        "attempts": [dict(a) for a in attempts],
-    }
 
 
 def check_engine_section(section: Mapping) -> None:
@@ -246,7 +197,6 @@ __all__ = [
     "capture_environment",
     "check_engine_compat",
     "check_engine_section",
-    "engine_manifest_section",
     "environment",
     "rebuild_command",
     "require_tensorrt",
