@@ -21,6 +21,7 @@ RANKS = {
     "manifest": 0,
     "batch_profile": 0,
     "storage": 0,
+    "labels": 0,
     "kernels": 0,
     "model": 1,
     "checkpoints": 2,

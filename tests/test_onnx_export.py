@@ -429,7 +429,7 @@ def test_cli_exports_the_default_model(default_exports, precision):
             "did you mean the preset 'vit_base_patch16_224' (random weights)",
         ),
         (["--batch", "8:4:1"], "1 <= MIN <= OPT <= MAX, got '8:4:1'"),
-        (["--batch", "a:b"], "MIN:OPT:MAX as three integers (e.g. 1:8:32), got 'a:b'"),
+        (["--batch", "a:b"], "MIN:OPT:MAX as three positive ints (e.g. 1:8:32), got 'a:b'"),
         (
             ["--model", "vit_tiny_patch16_224", "--img-size", "100"],
             "multiple of the patch size 16, got 100",

@@ -25,7 +25,7 @@ import pytest
 import torch
 
 from vit_deploy import batch_profile
-from vit_deploy.batch_profile import BatchProfile, Chunk, parse_batch_profile, plan_chunks
+from vit_deploy.batch_profile import BatchProfile, Chunk, plan_chunks
 from vit_deploy.errors import (
     BackendUnavailableError,
     ConfigError,
@@ -84,18 +84,18 @@ requires_trt = pytest.mark.skipif(
 
 
 def test_profile_parses_min_opt_max():
-    p = parse_batch_profile("1:8:32")
+    p = BatchProfile.parse("1:8:32")
     assert (p.min, p.opt, p.max) == (1, 8, 32)
     assert str(p) == "1:8:32"
     assert p.shapes(3, 224) == ((1, 3, 224, 224), (8, 3, 224, 224), (32, 3, 224, 224))
-    assert parse_batch_profile(" 4:4:4 ").is_static
+    assert BatchProfile.parse(" 4:4:4 ").is_static
 
 
 @pytest.mark.parametrize(
     "text, expected",
     [
-        ("8:4:1", "MIN <= OPT <= MAX, got 8:4:1"),
-        ("0:1:2", "MIN >= 1, got MIN=0"),
+        ("8:4:1", "1 <= MIN <= OPT <= MAX, got '8:4:1'"),
+        ("0:1:2", "1 <= MIN <= OPT <= MAX, got '0:1:2'"),
         ("a:b:c", "three positive ints (e.g. 1:8:32), got 'a:b:c'"),
         ("1:2", "expected MIN:OPT:MAX"),
         ("1:2:3:4", "expected MIN:OPT:MAX"),
@@ -104,14 +104,14 @@ def test_profile_parses_min_opt_max():
 )
 def test_profile_errors_say_expected_and_got(text, expected):
     with pytest.raises(ConfigError) as err:
-        parse_batch_profile(text)
+        BatchProfile.parse(text)
     assert expected in str(err.value)
 
 
 def test_single_number_is_refused_with_both_meanings():
     # "4" could mean a static 4:4:4 or "up to 4" (1:4:4); we refuse to guess
     with pytest.raises(ConfigError) as err:
-        parse_batch_profile("4")
+        BatchProfile.parse("4")
     msg = str(err.value)
     assert "expected MIN:OPT:MAX, got '4'" in msg
     assert "4:4:4" in msg and "1:4:4" in msg

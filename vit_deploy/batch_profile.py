@@ -5,9 +5,9 @@ its manifest; a TensorRT engine is built for it (its optimisation profile) and a
 only batches in ``MIN..MAX``. A batch outside the profile is split into chunks at
 run time (``plan_chunks``).
 
-Two parsers, because the two command lines word their errors differently:
-``BatchProfile.parse`` (the ONNX export options) and ``parse_batch_profile`` (engines:
-also refuses a single number, which could mean two different engines).
+One parser, ``BatchProfile.parse``, for every format and tool: it also refuses a single
+number, which could mean two different engines. Its errors are about the ``batch`` option
+(a CLI shows ``--batch``).
 """
 
 from __future__ import annotations
@@ -42,21 +42,35 @@ class BatchProfile:
 
     @classmethod
     def parse(cls, text: str) -> BatchProfile:
-        """``"1:8:32"`` -> BatchProfile(1, 8, 32), with ``vit-export``'s ONNX wording."""
-        parts = text.split(":")
+        """``"1:8:32"`` -> BatchProfile(1, 8, 32).
+
+        A single number is refused on purpose: "8" could mean a static batch of 8
+        (8:8:8) or "up to 8" (1:8:8), and the two build different engines. The
+        error names both spellings.
+        """
+        raw = str(text).strip()
+        parts = raw.split(":")
+        if len(parts) == 1 and parts[0].strip().isdigit():
+            n = int(parts[0])
+            raise ConfigError(
+                f"expected MIN:OPT:MAX, got {raw!r}; a single number is ambiguous: write "
+                f"{n}:{n}:{n} for a static batch of {n} or 1:{n}:{n} for any batch up to {n}",
+                option="batch",
+            )
         try:
-            values = [int(p) for p in parts]
+            values = [int(p.strip()) for p in parts]
         except ValueError:
             values = []
         if len(values) != 3:
             raise ConfigError(
-                f"--batch: expected MIN:OPT:MAX as three integers (e.g. 1:8:32), got {text!r}"
+                f"expected MIN:OPT:MAX as three positive ints (e.g. 1:8:32), got {raw!r}",
+                option="batch",
             )
         try:
             return cls(*values)
         except ConfigError:
             raise ConfigError(
-                f"--batch: expected MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX, got {text!r}"
+                f"expected MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX, got {raw!r}", option="batch"
             ) from None
 
     def __str__(self) -> str:
@@ -86,40 +100,12 @@ class BatchProfile:
             ) from exc
 
 
-def parse_batch_profile(text: str) -> BatchProfile:
-    """``"1:8:32"`` -> BatchProfile(1, 8, 32).
-
-    A single number is refused on purpose: "8" could mean a static batch of 8
-    (8:8:8) or "up to 8" (1:8:8), and the two build different engines. The
-    error names both spellings.
-    """
-    raw = str(text).strip()
-    parts = raw.split(":")
-    if len(parts) == 1 and parts[0].strip().isdigit():
-        n = int(parts[0])
-        raise ConfigError(
-            f"--batch: expected MIN:OPT:MAX, got {raw!r}; a single number is ambiguous: "
-            f"write {n}:{n}:{n} for a static batch of {n} or 1:{n}:{n} for any batch up to {n}"
-        )
-    if len(parts) != 3:
-        raise ConfigError(
-            f"--batch: expected MIN:OPT:MAX (three positive ints, e.g. 1:8:32), got {raw!r}"
-        )
-    try:
-        values = [int(p.strip()) for p in parts]
-    except ValueError:
-        raise ConfigError(
-            f"--batch: expected MIN:OPT:MAX as three positive ints (e.g. 1:8:32), got {raw!r}"
-        ) from None
-    return BatchProfile(*values)
-
-
 def as_profile(value) -> BatchProfile:
     """A BatchProfile from "MIN:OPT:MAX", a BatchProfile, or anything with min/opt/max."""
     if isinstance(value, BatchProfile):
         return value
     if isinstance(value, str):
-        return parse_batch_profile(value)
+        return BatchProfile.parse(value)
     if all(hasattr(value, k) for k in ("min", "opt", "max")):
         return BatchProfile(int(value.min), int(value.opt), int(value.max))
     raise ConfigError(f"batch profile: expected 'MIN:OPT:MAX', got {value!r}")
@@ -157,4 +143,4 @@ def plan_chunks(batch: int, profile: BatchProfile) -> list[Chunk]:
     return chunks
 
 
-__all__ = ["BatchProfile", "Chunk", "as_profile", "parse_batch_profile", "plan_chunks"]
+__all__ = ["BatchProfile", "Chunk", "as_profile", "plan_chunks"]

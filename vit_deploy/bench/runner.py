@@ -164,18 +164,10 @@ def empty_record(case: Case) -> dict:
 
 
 def run_padded(backend, pixels: np.ndarray, batch: int) -> dict[str, np.ndarray]:
-    """Outputs for every row, ``batch`` rows per call; the last call is filled up to
-    ``batch`` by repeating rows from the start (so every call has the case's batch size)."""
-    parts = []
-    for start in range(0, len(pixels), batch):
-        chunk = pixels[start : start + batch]
-        rows = len(chunk)
-        if rows < batch:
-            fill = np.concatenate([pixels] * (-(-batch // len(pixels))))[: batch - rows]
-            chunk = np.ascontiguousarray(np.concatenate([chunk, fill]))
-        out = backend(chunk)
-        parts.append({k: np.asarray(v)[:rows] for k, v in out.items()})
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    """Every row's outputs with every call at the case's batch size."""
+    from vit_deploy.runtime.base import run_batched
+
+    return run_batched(backend, pixels, batch, pad=True)
 
 
 def parity_fields(report) -> dict:

@@ -32,6 +32,12 @@ class Gate:
 GATES: dict[str, Gate] = {
     "fp32": Gate(min_cosine=0.99999, min_top1=1.0),
     "fp16": Gate(min_cosine=0.999, min_top1=0.99),
+    # int8 (QDQ) and OpenVINO bf16 serving: 8 bits of mantissa or of integer range lose
+    # about two decimal digits, so cosine >= 0.99 per row; top-1 98% so that one flip in
+    # ~96 samples (a near-tie, often a random-pixel row) does not fail an export whose
+    # held-out accuracy is unchanged (measured: benchmarks/results/cpu)
+    "int8": Gate(min_cosine=0.99, min_top1=0.98),
+    "bf16": Gate(min_cosine=0.99, min_top1=0.98),
 }
 
 
@@ -220,3 +226,26 @@ def check_gate(report: ParityReport, precision: str, gate: Gate | None = None) -
         if o.top1_agreement is not None and not o.top1_agreement >= gate.min_top1:
             failures.append(GateFailure(o.name, "top1_agreement", o.top1_agreement, gate.min_top1))
     return GateResult(precision=precision, gate=gate, failures=tuple(failures))
+
+
+REFERENCE_DESCRIPTION = "PyTorch fp32 eager, reference (math) attention, same weights"
+
+
+def parity_section(report, gate, inputs, batch: int | None, backend: str | None = None) -> dict:
+    """The manifest's "parity" section: the gate, the report, the inputs and what the
+    artifact was compared with. ``inputs``: a ``ParityInputs`` or its dict."""
+    section = {
+        "passed": gate.passed,
+        "gate": gate.to_dict(),
+        "report": report.to_dict(),
+        "inputs": inputs if isinstance(inputs, dict) else inputs.to_dict(),
+        "reference": REFERENCE_DESCRIPTION,
+        "batch": batch,
+    }
+    if backend is not None:
+        section["backend"] = backend
+    return section
+
+
+def skipped_parity(reason: str = "verification disabled (--no-verify)") -> dict:
+    return {"skipped": True, "reason": reason}

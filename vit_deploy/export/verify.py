@@ -17,7 +17,7 @@ import numpy as np
 from vit_deploy.config import ViTConfig
 from vit_deploy.export.parity import GateResult, ParityReport, check_gate, compare_outputs
 from vit_deploy.model.vit import VisionTransformer
-from vit_deploy.runtime.base import Backend
+from vit_deploy.runtime.base import Backend, run_batched
 from vit_deploy.runtime.torch_backend import TorchBackend
 
 # about this many multiply-adds x2 of reference + candidate work per verification
@@ -67,12 +67,6 @@ def parity_inputs(config: ViTConfig, samples: int | None = None, seed: int = 0) 
     shape = (n - len(real), config.in_chans, config.img_size, config.img_size)
     noise = rng.standard_normal(shape, dtype=np.float32)
     return ParityInputs(np.ascontiguousarray(np.concatenate([real, noise])), real=len(real))
-
-
-def run_batched(backend: Backend, pixels: np.ndarray, batch: int) -> dict[str, np.ndarray]:
-    """Outputs for all rows, ``batch`` rows per call (the last call may be smaller)."""
-    chunks = [backend(pixels[i : i + batch]) for i in range(0, len(pixels), batch)]
-    return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
 
 
 def reference_outputs(

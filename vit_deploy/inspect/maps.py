@@ -13,16 +13,14 @@ Token rows: with a class token, row 0 is CLS and patch (r, c) is row
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import torch
 
 from vit_deploy.errors import ConfigError, InputShapeError
+from vit_deploy.labels import class_names
+from vit_deploy.labels import top_k as top_k_rows
 from vit_deploy.model.vit import VisionTransformer
 from vit_deploy.preprocess import ImageLike, preprocess_one
-
-NUM_IMAGENET_CLASSES = 1000
 
 
 def as_pixels(model: VisionTransformer, image: ImageLike) -> torch.Tensor:
@@ -155,34 +153,11 @@ def attention_rollout(
     return row[off:].reshape(g, g)
 
 
-@functools.lru_cache(maxsize=1)
-def imagenet_class_names() -> tuple[str, ...] | None:
-    """ImageNet-1k class names in class order, from timm (None when timm is absent).
-
-    timm is only a test dependency, so it is imported here, lazily."""
-    try:
-        from timm.data import ImageNetInfo
-    except ImportError:
-        return None
-    info = ImageNetInfo("imagenet-1k")
-    return tuple(info.index_to_description(i) for i in range(NUM_IMAGENET_CLASSES))
-
-
 def label_names(model: VisionTransformer) -> tuple[list[str], str | None]:
-    """(a name per class, a note for the user or None).
-
-    The config's labels first; else ImageNet-1k names for a 1000-class head;
-    else 'class N'."""
-    cfg = model.config
-    if cfg.labels:
-        return list(cfg.labels), None
-    fallback = [f"class {i}" for i in range(cfg.num_classes)]
-    if cfg.num_classes != NUM_IMAGENET_CLASSES:
-        return fallback, None
-    names = imagenet_class_names()
-    if names is None:
-        return fallback, "no labels in the config and timm is not installed: showing class indices"
-    return list(names), "no labels in the config: assuming ImageNet-1k class order (1000 classes)"
+    """(a name per class, a note for the user or None); ImageNet-1k names for an unlabeled
+    1000-class head (``vit_deploy.labels.class_names``)."""
+    names, note = class_names(model.config, imagenet_fallback=True)
+    return list(names), note
 
 
 @torch.no_grad()
@@ -192,7 +167,6 @@ def top_k(model: VisionTransformer, pixels: ImageLike, k: int = 5) -> list[tuple
         raise ConfigError("top_k: this model has no classification head (num_classes=0)")
     if k < 1:
         raise ConfigError(f"k: expected a positive int, got {k}")
-    probs = torch.softmax(model(as_pixels(model, pixels)).double(), dim=-1)[0]
-    values, indices = probs.topk(min(k, probs.numel()))
+    logits = model(as_pixels(model, pixels)).float().numpy()
     names, _ = label_names(model)
-    return [(names[i], float(p)) for p, i in zip(values.tolist(), indices.tolist(), strict=True)]
+    return top_k_rows(logits, names, k)[0]

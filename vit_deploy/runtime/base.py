@@ -71,6 +71,24 @@ def check_pixels(pixels: object, config: ViTConfig) -> np.ndarray:
     return np.ascontiguousarray(pixels)
 
 
+def run_batched(backend, pixels: np.ndarray, batch: int, *, pad: bool = False) -> dict:
+    """Every row's outputs, ``batch`` rows per call. ``pad``: fill the last call up to
+    ``batch`` by repeating rows from the start (so every call has the same batch size, as
+    a benchmark case or a static engine needs); the filler rows' outputs are dropped."""
+    if batch < 1 or len(pixels) < 1:
+        raise InputShapeError(f"expected batch >= 1 and >= 1 row, got {batch} and {len(pixels)}")
+    parts = []
+    for start in range(0, len(pixels), batch):
+        chunk = pixels[start : start + batch]
+        rows = len(chunk)
+        if pad and rows < batch:
+            fill = np.concatenate([pixels] * (-(-batch // len(pixels))))[: batch - rows]
+            chunk = np.ascontiguousarray(np.concatenate([chunk, fill]))
+        out = backend(chunk)
+        parts.append({k: np.asarray(v)[:rows] for k, v in out.items()})
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
 class Backend(ABC):
     """Base class: subclasses implement ``_run`` on an already checked numpy batch."""
 

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from vit_deploy.batch_profile import BatchProfile
+from vit_deploy.export.parity import parity_section, skipped_parity
 from vit_deploy.export.tensorrt.fusion_report import FusionReport
 from vit_deploy.export.tensorrt.onnx_source import ONNX_FILE
 from vit_deploy.export.tensorrt.precision import Fp32Keep, resolve_precision
@@ -132,24 +133,13 @@ def finish_manifest(
     section["attempts"] = attempts
     manifest["engine"] = section
     if report is not None:
-        manifest["parity"] = {
-            "passed": gate.passed,
-            "gate": gate.to_dict(),
-            "report": report.to_dict(),
-            "inputs": inputs.to_dict(),
-            "reference": "PyTorch fp32 eager, reference (math) attention, same weights",
-            "batch": batch,
-            "backend": "trt",
-        }
+        manifest["parity"] = parity_section(report, gate, inputs, batch, backend="trt")
         section["parity"] = {
             "passed": gate.passed,
             "summary": attempts[-1]["engine_parity"],
         }
     else:
-        manifest["parity"] = {
-            "skipped": True,
-            "reason": "verification disabled (--no-verify)",
-        }
+        manifest["parity"] = skipped_parity()
     manifest["versions"] = {
         **library_versions(),
         "tensorrt": env.get("tensorrt_version"),

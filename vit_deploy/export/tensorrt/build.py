@@ -14,7 +14,6 @@ import TensorRT.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,7 +116,10 @@ def build_engine(
         )
     if cache_path is not None:
         # https://docs.nvidia.com/deeplearning/tensorrt/api/python_api/infer/Core/TimingCache.html
-        write_atomic(cache_path, bytes(config.get_timing_cache().serialize()))
+        from vit_deploy.storage import output_lock
+
+        with output_lock(cache_path, wait=None):  # concurrent builds sharing one cache
+            write_atomic(cache_path, bytes(config.get_timing_cache().serialize()))
     return bytes(serialized)
 
 
@@ -144,15 +146,10 @@ def inspect_engine(serialized: bytes, input_name: str, opt_shape: tuple[int, ...
 
 
 def write_atomic(path: Path, data: bytes) -> None:
+    from vit_deploy.storage import atomic_write_bytes
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, data)  # the umask's mode (mkstemp made engines 0600)
 
 
 __all__ = [

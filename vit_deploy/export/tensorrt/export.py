@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -117,7 +116,7 @@ def export_trt(
     start = time.perf_counter()
 
     from vit_deploy.export.onnx.graph import export_copy
-    from vit_deploy.export.onnx.pipeline import ExportResult, publish, staging_dir
+    from vit_deploy.export.onnx.pipeline import ExportResult, discard, publish, staging_dir
     from vit_deploy.export.options import INPUT_NAME
     from vit_deploy.export.progress import Stages
     from vit_deploy.export.verify import parity_inputs, reference_outputs
@@ -267,7 +266,7 @@ def export_trt(
             return ExportResult(directory=out, manifest=manifest, report=report, gate=gate)
     finally:
         if not published:
-            shutil.rmtree(staging, ignore_errors=True)
+            discard(staging)  # and release out's lock
 
 
 def _resolve_model(model, img_size=None):

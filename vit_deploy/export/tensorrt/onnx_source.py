@@ -16,7 +16,8 @@ import shutil
 from pathlib import Path
 
 from vit_deploy.errors import ParityError
-from vit_deploy.export.tensorrt.fp16 import autocast_fp16, onnxconverter_fp16
+from vit_deploy.export.parity import parity_section
+from vit_deploy.export.tensorrt.fp16 import autocast_fp16
 from vit_deploy.export.tensorrt.graph import NodeInfo, onnx_node_infos
 from vit_deploy.export.tensorrt.precision import Fp32Keep
 
@@ -104,8 +105,8 @@ def onnx_for_attempt(
             parity = manifest.get("parity", {})
             attempt["onnx_parity"] = "passed" if parity.get("passed") else "skipped"
             return manifest
-        convert = autocast_fp16 if convert_after == "modelopt-autocast" else onnxconverter_fp16
-        precision_report = convert(onnx_dir / ONNX_FILE, staging / ONNX_FILE, keep, nodes)
+        # conversion_step names no other converter: onnxconverter-common runs in the export
+        precision_report = autocast_fp16(onnx_dir / ONNX_FILE, staging / ONNX_FILE, keep, nodes)
         parity_section = ort_parity(staging / ONNX_FILE, model.config, *parity, attempt)
         if parity_section is None:
             return None
@@ -136,15 +137,7 @@ def ort_parity(path: Path, cfg, reference, inputs, ref_outputs, batch, attempt) 
         attempt["passed"] = False
         log.warning("the fp16 ONNX graph failed its ONNX Runtime parity gate")
         return None
-    return {
-        "passed": True,
-        "gate": gate.to_dict(),
-        "report": report.to_dict(),
-        "inputs": inputs.to_dict(),
-        "reference": "PyTorch fp32 eager, reference (math) attention, same weights",
-        "batch": batch,
-        "backend": "onnxruntime-cpu",
-    }
+    return parity_section(report, gate, inputs, batch, backend="onnxruntime-cpu")
 
 
 __all__ = [
