@@ -19,6 +19,7 @@ from vit_deploy.bench.config import check_config
 from vit_deploy.bench.timing import Budget, check_budget, measure
 from vit_deploy.checkpoints.load import save_model
 from vit_deploy.cli.bench import main
+from vit_deploy.cli.common import error_text
 from vit_deploy.config import Preprocess
 from vit_deploy.errors import ConfigError
 from vit_deploy.manifest import write_manifest
@@ -120,12 +121,15 @@ def test_bad_budgets(warmup, iters, seconds, match):
 
 
 def test_check_config_collects_every_problem():
-    cfg = BenchConfig(backends=("torch", "tpu"), precisions=("int8",), batch_sizes=(0,))
+    cfg = BenchConfig(backends=("torch", "tpu"), precisions=("bf8",), batch_sizes=(0,))
     with pytest.raises(ConfigError) as info:
         check_config(cfg, REGISTRY)
-    message = str(info.value)
-    assert "unknown ['tpu']" in message and "unknown ['int8']" in message
-    assert "positive ints, got [0]" in message
+    message = str(info.value)  # library terms; the CLI shows each as its flag
+    assert "backends: unknown ['tpu']" in message and "precisions: unknown ['bf8']" in message
+    assert "batch_sizes: expected positive ints, got [0]" in message
+    shown = error_text(info.value)
+    assert "--backends: unknown" in shown and "--precision: unknown ['bf8']" in shown
+    assert "--batch-sizes: expected positive ints" in shown
     with pytest.raises(ConfigError, match="at least one batch size"):
         check_config(BenchConfig(batch_sizes=()), REGISTRY)
 
@@ -333,7 +337,7 @@ def _fake_engine(path: Path) -> Path:
         (["--iters", "0"], "iters: expected a positive int"),
         (["--seconds", "-2"], "seconds: expected a positive number"),
         (["--iters", "5", "--seconds", "1"], "not both"),
-        (["--backends", "trt"], "--backends trt: cannot run here"),
+        (["--backends", "trt"], "--backends: trt cannot run here"),
         (["--model", "no_such_model_xyz"], "expected a preset name"),
         (["--artifacts", "/no/such/artifact"], "expected an exported artifact directory"),
     ],

@@ -16,7 +16,11 @@ class ViTDeployError(Exception):
     (``"--batch: expected ..."``, see ``vit_deploy.cli.common.report_error``).
     """
 
-    def __init__(self, *args, option: str | None = None):
+    def __init__(self, *args, option: str | None = None, problems=None):
+        # ``problems``: [(option or None, detail), ...] when one error collects several
+        self.problems = [tuple(p) for p in problems] if problems else []
+        if self.problems and not args:
+            args = ("; ".join(_prefixed(o, d) for o, d in self.problems),)
         super().__init__(*args)
         self.option = option
 
@@ -26,7 +30,11 @@ class ViTDeployError(Exception):
         return super().__str__()
 
     def __str__(self) -> str:
-        return f"{self.option}: {self.detail}" if self.option else self.detail
+        return _prefixed(self.option, self.detail)
+
+
+def _prefixed(option: str | None, detail: str) -> str:
+    return f"{option}: {detail}" if option else detail
 
 
 class ConfigError(ViTDeployError, ValueError):
@@ -126,3 +134,11 @@ class OutputPathError(ViTDeployError, ValueError):
 
 class ResumeError(ViTDeployError, ValueError):
     """An unfinished run's work directory that does not belong to the run asked for."""
+
+
+class OutputLockedError(ViTDeployError, RuntimeError):
+    """An output another live process is writing (its lock names that process)."""
+
+
+class ImageTooLargeError(ViTDeployError, ValueError):
+    """An image whose header says it has more pixels than the configured limit."""

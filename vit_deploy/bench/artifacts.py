@@ -39,8 +39,8 @@ def read_artifact(path: str | Path) -> ArtifactInfo:
     path = Path(path)
     if not path.is_dir():
         raise ArtifactError(
-            f"--artifacts: expected an exported artifact directory, got {str(path)!r} "
-            "(no such directory)"
+            f"expected an exported artifact directory, got {str(path)!r} (no such directory)",
+            option="artifacts",
         )
     manifest = read_manifest(path)
     fmt = manifest["artifact"]["format"]
@@ -73,17 +73,19 @@ def check_artifacts(artifacts: list[ArtifactInfo], batch_sizes, config) -> None:
         key = (a.backend, a.precision)
         if key in seen:
             raise ConfigError(
-                f"--artifacts: expected one {a.backend} {a.precision} artifact, got two: "
-                f"{seen[key]} and {a.path}"
+                f"expected one {a.backend} {a.precision} artifact, got two: "
+                f"{seen[key]} and {a.path}",
+                option="artifacts",
             )
         seen[key] = a.path
         if a.profile is not None:
             outside = [b for b in batch_sizes if not a.profile.contains(b)]
             if outside:
                 raise ConfigError(
-                    f"--batch-sizes: {outside} outside the engine's profile {a.profile} "
-                    f"(MIN:OPT:MAX) in {a.path}; expected batch sizes in "
-                    f"[{a.profile.min}, {a.profile.max}], or rebuild the engine with --batch"
+                    f"{outside} outside the engine's profile {a.profile} (MIN:OPT:MAX) in "
+                    f"{a.path}; expected batch sizes in [{a.profile.min}, {a.profile.max}], "
+                    "or an engine rebuilt with a wider batch profile",
+                    option="batch_sizes",
                 )
         if config is not None and a.model:
             theirs = ViTConfig.from_dict(a.model)

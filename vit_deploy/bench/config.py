@@ -7,7 +7,10 @@ from dataclasses import dataclass
 
 from vit_deploy.bench.timing import check_budget
 from vit_deploy.errors import ConfigError
-from vit_deploy.export.options import PRECISIONS
+from vit_deploy.export.options import PRECISIONS as EXPORT_PRECISIONS
+
+# the export precisions, and bf16: an OpenVINO inference hint on the fp32 artifact
+PRECISIONS = (*EXPORT_PRECISIONS, "bf16")
 
 DEFAULT_BATCH_SIZES = (1, 8)
 DEFAULT_SECONDS = 1.0
@@ -51,29 +54,29 @@ def check_config(cfg: BenchConfig, known_backends) -> None:
     known = list(known_backends)
     if cfg.backends is not None:
         if not cfg.backends:
-            problems.append(f"--backends: expected at least one of {known}, got none")
+            problems.append(("backends", f"expected at least one of {known}, got none"))
         unknown = [b for b in cfg.backends if b not in known]
         if unknown:
-            problems.append(f"--backends: unknown {unknown}; expected some of {known}")
+            problems.append(("backends", f"unknown {unknown}; expected some of {known}"))
     if not cfg.precisions:
-        problems.append(f"--precision: expected at least one of {list(PRECISIONS)}, got none")
+        problems.append(("precisions", f"expected at least one of {list(PRECISIONS)}, got none"))
     unknown = [p for p in cfg.precisions if p not in PRECISIONS]
     if unknown:
-        problems.append(f"--precision: unknown {unknown}; expected some of {list(PRECISIONS)}")
+        problems.append(("precisions", f"unknown {unknown}; expected some of {list(PRECISIONS)}"))
     if not cfg.batch_sizes:
-        problems.append("--batch-sizes: expected at least one batch size, got none")
+        problems.append(("batch_sizes", "expected at least one batch size, got none"))
     bad = [b for b in cfg.batch_sizes if not _positive_int(b)]
     if bad:
-        problems.append(f"--batch-sizes: expected positive ints, got {bad}")
+        problems.append(("batch_sizes", f"expected positive ints, got {bad}"))
     try:
         check_budget(cfg.warmup, cfg.iters, cfg.seconds)
     except ConfigError as exc:
-        problems.append(str(exc))
+        problems += exc.problems
     for name in ("threads", "parity_samples"):
         value = getattr(cfg, name)
         if value is not None and not _positive_int(value):
-            problems.append(f"{name}: expected a positive int, got {value!r}")
+            problems.append((name, f"expected a positive int, got {value!r}"))
     if not _positive_int(cfg.repeats):
-        problems.append(f"repeats: expected a positive int, got {cfg.repeats!r}")
+        problems.append(("repeats", f"expected a positive int, got {cfg.repeats!r}"))
     if problems:
-        raise ConfigError("; ".join(problems))
+        raise ConfigError(problems=problems)

@@ -107,7 +107,7 @@ def prepare(cfg: BenchConfig, registry: dict[str, BackendSpec]) -> BenchContext:
     for name in ctx.explicit_backends:
         reason = registry[name].unavailable(ctx)
         if reason:
-            raise BackendUnavailableError(f"--backends {name}: cannot run here: {reason}")
+            raise BackendUnavailableError(f"{name} cannot run here: {reason}", option="backends")
     ctx.reference_model = source.load(attention="math")
     check_artifacts(artifacts, cfg.batch_sizes, ctx.reference_model.config)
     return ctx

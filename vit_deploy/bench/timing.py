@@ -75,17 +75,19 @@ def check_budget(warmup: int, iters: int | None, seconds: float | None) -> None:
     """ConfigError for a budget that cannot work (before anything is timed)."""
     problems = []
     if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
-        problems.append(f"warmup: expected an int >= 0, got {warmup!r}")
+        problems.append(("warmup", f"expected an int >= 0, got {warmup!r}"))
     if iters is not None and seconds is not None:
-        problems.append(f"expected --iters or --seconds, not both (got {iters} and {seconds})")
+        problems.append(
+            ("iters", f"expected iters or seconds, not both (got {iters} and {seconds})")
+        )
     if iters is None and seconds is None:
-        problems.append("expected --iters N or --seconds S, got neither")
+        problems.append(("iters", "expected iters or seconds, got neither"))
     if iters is not None and (not isinstance(iters, int) or isinstance(iters, bool) or iters < 1):
-        problems.append(f"iters: expected a positive int, got {iters!r}")
+        problems.append(("iters", f"expected a positive int, got {iters!r}"))
     if seconds is not None and not (isinstance(seconds, (int, float)) and seconds > 0):
-        problems.append(f"seconds: expected a positive number, got {seconds!r}")
+        problems.append(("seconds", f"expected a positive number, got {seconds!r}"))
     if problems:
-        raise ConfigError("; ".join(problems))
+        raise ConfigError(problems=problems)
 
 
 def measure(fn: Callable[[], object], budget: Budget, timer=None) -> list[float]:

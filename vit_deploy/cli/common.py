@@ -35,16 +35,23 @@ def exit_code(exc: BaseException) -> int:
     return EXIT_FAILURE
 
 
+# Library parameters whose flag is not their own name with dashes.
+FLAG_NAMES = {"precisions": "--precision"}
+
+
 def flag_name(option: str) -> str:
     """A library parameter name as the CLI spells it: ``img_size`` -> ``--img-size``."""
-    return "--" + option.replace("_", "-")
+    return FLAG_NAMES.get(option) or "--" + option.replace("_", "-")
 
 
 def error_text(exc: BaseException) -> str:
-    """The message in CLI terms: the library option it is about shown as its flag."""
-    option = getattr(exc, "option", None)
-    if option and isinstance(exc, ViTDeployError):
-        return f"{flag_name(option)}: {exc.detail}"
+    """The message in CLI terms: the library options it is about shown as their flags."""
+    if not isinstance(exc, ViTDeployError):
+        return str(exc)
+    if exc.problems:
+        return "; ".join(f"{flag_name(o)}: {d}" if o else d for o, d in exc.problems)
+    if exc.option:
+        return f"{flag_name(exc.option)}: {exc.detail}"
     return str(exc)
 
 
