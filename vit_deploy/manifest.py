@@ -22,10 +22,10 @@ import hashlib
 import json
 import os
 import re
-import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from vit_deploy.errors import ArtifactError, ChecksumMismatchError, ManifestError
+from vit_deploy.storage import atomic_write_text
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_NAME = "vit_deploy.manifest"
@@ -79,7 +79,42 @@ def check_manifest(manifest: object, source: str = "manifest") -> dict:
         missing.append("artifact (expected an object)")
     if missing:
         raise ManifestError(f"{source}: missing required keys: {', '.join(missing)}")
+    for entry in artifact_files(manifest):
+        check_file_name(entry.get("file") if isinstance(entry, dict) else entry, source)
     return manifest
+
+
+def check_file_name(name: object, source: str = "manifest") -> str:
+    """A manifest's file entry must name a file inside the artifact folder: relative, no
+    ``..``; anything else could make a reader load (and trust) a file from elsewhere."""
+    text = name if isinstance(name, str) else None
+    parts = PurePosixPath(text).parts if text else ()
+    if (
+        not text
+        or PurePosixPath(text).is_absolute()
+        or PureWindowsPath(text).is_absolute()
+        or "\\" in text
+        or ".." in parts
+    ):
+        raise ManifestError(
+            f"{source}: artifact file: expected a file name inside the artifact folder, "
+            f"got {name!r}"
+        )
+    return text
+
+
+def artifact_path(directory: str | os.PathLike, name: str) -> Path:
+    """``directory / name``, refused (ManifestError) when it resolves outside ``directory``
+    (a ``..`` or a symlink that leads out)."""
+    directory = Path(directory)
+    path = directory / check_file_name(name, str(directory / MANIFEST_NAME))
+    root = directory.resolve()
+    if not path.resolve().is_relative_to(root):
+        raise ManifestError(
+            f"{directory / MANIFEST_NAME}: artifact file {name!r}: expected a file inside "
+            f"{str(root)!r}, got one that resolves to {str(path.resolve())!r}"
+        )
+    return path
 
 
 def write_manifest(directory: str | os.PathLike, manifest: dict) -> Path:
@@ -88,18 +123,7 @@ def write_manifest(directory: str | os.PathLike, manifest: dict) -> Path:
     manifest = {"format": FORMAT, **manifest}
     check_manifest(manifest, source="manifest to write")
     text = json.dumps(manifest, indent=2, sort_keys=False, default=_json_default) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST_NAME}.", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600
-        os.replace(tmp, directory / MANIFEST_NAME)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return directory / MANIFEST_NAME
+    return atomic_write_text(directory / MANIFEST_NAME, text)
 
 
 def read_manifest(directory: str | os.PathLike) -> dict:
@@ -128,7 +152,7 @@ def verify_checksum(directory: str | os.PathLike, manifest: dict | None = None) 
     directory = Path(directory)
     manifest = read_manifest(directory) if manifest is None else manifest
     for entry in artifact_files(manifest):
-        path = directory / entry["file"]
+        path = artifact_path(directory, entry["file"])
         if not path.is_file():
             raise ArtifactError(f"expected {entry['file']} in {directory}, found no such file")
         got = sha256_file(path)
@@ -138,6 +162,130 @@ def verify_checksum(directory: str | os.PathLike, manifest: dict | None = None) 
                 "(the file changed after export; re-export it)"
             )
     return manifest
+
+
+# ---------------------------------------------------------------------- graph I/O
+
+
+BATCH_DIM = "batch"
+# ONNX Runtime spells element types "tensor(float)"; everything else compares numpy names
+_ORT_DTYPES = {
+    "float": "float32",
+    "double": "float64",
+    "float16": "float16",
+    "bfloat16": "bfloat16",
+}
+
+
+def dtype_name(dtype: object) -> str:
+    """numpy's name of a dtype as a runtime reports it: ``"tensor(float)"`` -> ``"float32"``."""
+    text = str(dtype)
+    if text.startswith("tensor(") and text.endswith(")"):
+        inner = text[len("tensor(") : -1]
+        return _ORT_DTYPES.get(inner, inner)
+    try:
+        import numpy as np
+
+        return np.dtype(dtype).name
+    except TypeError:
+        return text
+
+
+def expected_io(manifest: dict) -> tuple[list[dict], list[dict]]:
+    """What ``manifest["model"]`` implies for the I/O: pixels (batch, C, S, S), logits
+    (batch, classes), embedding (batch, width)."""
+    model = manifest.get("model", {})
+    chans, size = model.get("in_chans", 3), model.get("img_size")
+    dims = {"logits": model.get("num_classes"), "embedding": model.get("embed_dim")}
+    inputs = [{"name": "pixels", "shape": [BATCH_DIM, chans, size, size]}]
+    outputs = [
+        {"name": o.get("name"), "shape": [BATCH_DIM, dims.get(o.get("name"))]}
+        for o in manifest.get("outputs", [])
+        if isinstance(o, dict)
+    ]
+    return inputs, outputs
+
+
+def _shape_differences(where: str, want: list, got: list) -> list[str]:
+    if len(want) != len(got):
+        return [f"{where}: manifest shape {want}, graph has rank {len(got)} ({got})"]
+    diffs = []
+    for axis, (w, g) in enumerate(zip(want, got, strict=True)):
+        static = isinstance(g, int) and not isinstance(g, bool) and g >= 0
+        if isinstance(w, int) and static and w != g:
+            diffs.append(f"{where} dim {axis}: manifest {w}, graph {g}")
+        elif w == BATCH_DIM and static:
+            diffs.append(f"{where} dim {axis} (batch): manifest dynamic, graph fixed at {g}")
+    return diffs
+
+
+def _io_differences(kind: str, declared: list, graph: list, compare_dtype: bool) -> list[str]:
+    want = {d.get("name"): d for d in declared if isinstance(d, dict)}
+    got = {name: (dtype, list(shape)) for name, dtype, shape in graph}
+    diffs = []
+    if sorted(want) != sorted(got):
+        diffs.append(f"{kind} names: manifest {sorted(map(str, want))}, graph {sorted(got)}")
+    for name in sorted(set(want) & set(got)):
+        entry, (dtype, shape) = want[name], got[name]
+        if compare_dtype and "dtype" in entry and entry["dtype"] != dtype_name(dtype):
+            diffs.append(
+                f"{kind} {name} dtype: manifest {entry['dtype']}, graph {dtype_name(dtype)}"
+            )
+        if "shape" in entry:
+            diffs += _shape_differences(f"{kind} {name}", list(entry["shape"]), shape)
+    return diffs
+
+
+def check_graph_io(manifest: dict, inputs, outputs, source: str = "artifact") -> None:
+    """Refuse an artifact whose graph is not the one its manifest describes.
+
+    ``inputs``/``outputs``: ``[(name, dtype, shape)]`` as the runtime reports them (dtype in
+    any spelling ``dtype_name`` knows; a dynamic dim as a string, None or -1). Checked: the
+    manifest's I/O against its own model config (classes, embedding width, image size), its
+    labels against the class count, and the graph's names, dtypes and dims against the
+    manifest's I/O (the batch axis must be dynamic). Every difference in one ManifestError.
+    """
+    diffs = []
+    implied_in, implied_out = expected_io(manifest)
+    diffs += _io_differences(
+        "input",
+        manifest.get("inputs", []),
+        [(d["name"], None, d["shape"]) for d in implied_in],
+        False,
+    )
+    for d in implied_out:
+        declared = next(o for o in manifest["outputs"] if o.get("name") == d["name"])
+        diffs += _shape_differences(
+            f"output {d['name']} (vs model config)", list(declared.get("shape", [])), d["shape"]
+        )
+    labels = manifest.get("labels")
+    classes = manifest.get("model", {}).get("num_classes")
+    if isinstance(labels, list) and labels and classes and len(labels) != classes:
+        diffs.append(f"labels: {len(labels)} names, model config says {classes} classes")
+    diffs += _io_differences("input", manifest.get("inputs", []), inputs, True)
+    diffs += _io_differences("output", manifest.get("outputs", []), outputs, True)
+    if diffs:
+        raise ManifestError(
+            f"{source}: the manifest does not describe this graph (re-export the artifact): "
+            + "; ".join(diffs)
+        )
+
+
+def check_outputs(outputs: dict, rows: int, config) -> dict:
+    """A backend's outputs for a batch of ``rows``: (rows, num_classes) logits and (rows,
+    embed_dim) embeddings, else ArtifactError (the artifact is not what it says it is);
+    returns ``outputs`` unchanged."""
+    widths = {"logits": config.num_classes, "embedding": config.embed_dim}
+    for name, value in outputs.items():
+        want = (rows, widths[name]) if name in widths else None
+        got = tuple(getattr(value, "shape", ()))
+        if want is not None and got != want:
+            raise ArtifactError(
+                f"output {name}: expected shape {want} (batch, "
+                f"{'classes' if name == 'logits' else 'embedding width'} of the model config), "
+                f"got {got}; the artifact's graph does not match its config: re-export it"
+            )
+    return outputs
 
 
 def _json_default(obj):

@@ -5,6 +5,11 @@ centre-crop ``img_size``, scale to [0, 1], normalise by mean/std, CHW float32.
 The arithmetic follows timm's eval transform (torchvision's Resize and
 CenterCrop on PIL images) so pixels match what the model was trained with.
 
+Files are decoded with their EXIF orientation applied (``DecodeOptions.exif_transpose``,
+on by default: timm's loader does not, so parity with it holds for images without an
+orientation tag or with the option off) and refused before decoding when their header
+says they have more than ``DecodeOptions.max_pixels`` pixels.
+
 Importing this module does not import torch (``vit-embed`` runs on ONNX Runtime without
 it): torch tensors are recognised only when torch is already loaded, and
 ``preprocess_batch`` imports it when called.
@@ -14,14 +19,21 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeAlias
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, ImageOps
 
 from vit_deploy.config import Preprocess
-from vit_deploy.errors import InputDTypeError, InputShapeError
+from vit_deploy.errors import ConfigError, ImageTooLargeError, InputDTypeError, InputShapeError
+
+# Pillow's own warning threshold; ours is checked first (on the header) and its
+# failure is recorded with the reason, so Pillow's raw warning line is not printed.
+DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 _PIL_FILTERS = {
     "bilinear": Image.Resampling.BILINEAR,
@@ -67,11 +79,54 @@ def _gray8_to_rgb(unit: np.ndarray) -> Image.Image:
     return Image.fromarray(arr8, mode="L").convert("RGB")
 
 
-def load_image(path: str | os.PathLike) -> Image.Image:
-    """Decode an image file fully (truncated files raise) and convert to RGB."""
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How image files are decoded for a model.
+
+    ``exif_transpose``: apply the EXIF orientation tag (a phone photo stored sideways is
+    turned the way a viewer shows it), as ``PIL.ImageOps.exif_transpose`` does; False
+    gives the stored pixels, as timm's own loader does.
+    ``max_pixels``: refuse (``ImageTooLargeError``) an image whose header says it has more
+    pixels, before anything is decoded; None: no limit of ours (Pillow still refuses
+    images over twice ``PIL.Image.MAX_IMAGE_PIXELS``, its decompression-bomb guard).
+    """
+
+    exif_transpose: bool = True
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+
+    def __post_init__(self):
+        if self.max_pixels is not None and self.max_pixels < 1:
+            raise ConfigError(
+                f"expected a positive pixel limit or None, got {self.max_pixels}",
+                option="max_pixels",
+            )
+
+
+def check_pixel_limit(size: tuple[int, int], max_pixels: int | None) -> None:
+    w, h = size
+    if max_pixels is not None and w * h > max_pixels:
+        raise ImageTooLargeError(
+            f"image is {w} x {h} = {w * h:,} pixels, expected at most {max_pixels:,} "
+            "(max_pixels: raise the limit if the file is trusted)"
+        )
+
+
+def load_image(path: str | os.PathLike, decode: DecodeOptions | None = None) -> Image.Image:
+    """Decode an image file fully (truncated files raise), turned by its EXIF orientation
+    and converted to RGB; the pixel limit is checked on the header, before decoding."""
+    decode = decode or DecodeOptions()
     ImageFile.LOAD_TRUNCATED_IMAGES = False
-    with Image.open(Path(path)) as img:
+    try:
+        img = Image.open(Path(path))
+    except Image.DecompressionBombError as exc:  # over Pillow's own hard limit
+        raise ImageTooLargeError(
+            f"{exc} (Pillow's limit, PIL.Image.MAX_IMAGE_PIXELS, applies beyond ours)"
+        ) from None
+    with img:
+        check_pixel_limit(img.size, decode.max_pixels)
         img.load()
+        if decode.exif_transpose:
+            img = ImageOps.exif_transpose(img)
         return to_rgb(img)
 
 
@@ -110,15 +165,19 @@ def preprocess_pil(img: Image.Image, pre: Preprocess) -> np.ndarray:
     return normalize(np.asarray(img, dtype=np.uint8), pre)
 
 
-def preprocess_one(image: ImageLike, pre: Preprocess) -> np.ndarray:
+def preprocess_one(
+    image: ImageLike, pre: Preprocess, decode: DecodeOptions | None = None
+) -> np.ndarray:
     """One image of any supported kind -> (3, S, S) float32 normalised pixels.
 
     Paths, PIL images, HWC uint8/uint16 arrays and CHW uint8 tensors (torchvision's
     ``read_image`` layout) go through resize and crop; a float tensor or float array is
-    taken as already preprocessed and must be (3, S, S).
+    taken as already preprocessed and must be (3, S, S). ``decode``: how a file path is
+    decoded (EXIF orientation, pixel limit); images given already decoded are taken as
+    they are.
     """
     if isinstance(image, (str, os.PathLike)):
-        return preprocess_pil(load_image(image), pre)
+        return preprocess_pil(load_image(image, decode), pre)
     if isinstance(image, Image.Image):
         return preprocess_pil(image, pre)
     if is_tensor(image):

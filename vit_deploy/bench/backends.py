@@ -98,6 +98,21 @@ def _load_torch(ctx, precision: str) -> Loaded:
     return _torch_loaded(model, precision, ctx.device)
 
 
+def _load_torch_compile(ctx, precision: str) -> Loaded:
+    """torch.compile (inductor) of the same sdpa model: the rival a PyTorch user tries
+    first. One graph per batch size (dynamic=False); compilation happens in the warmup."""
+    import torch
+
+    model = ctx.source.load(attention="sdpa")
+    loaded = _torch_loaded(model, precision, ctx.device)
+    # an instance attribute shadows the method: the parity backend and the timed call
+    # (both look up model.forward_all per call) run the compiled graph
+    model.forward_all = torch.compile(model.forward_all, backend="inductor", dynamic=False)
+    loaded.backend.name = "torch-compile"
+    loaded.notes.append("torch.compile(backend='inductor', dynamic=False); compiled in warmup")
+    return loaded
+
+
 def _triton_unavailable(ctx) -> str | None:
     if importlib.util.find_spec("triton") is None:
         return "Triton is not installed (pip install 'triton>=3.2', Linux)"
@@ -176,10 +191,22 @@ def export_onnx(ctx, precision: str) -> Path:
     return out
 
 
+def onnx_artifact(ctx, precision: str) -> Path:
+    """The ONNX artifact at ``precision``: given with --artifacts, exported earlier in this
+    run (ONNX Runtime and OpenVINO time the same file), or exported now."""
+    given = ctx.artifact_for("ort", precision)
+    if given is not None:
+        return given
+    for a in ctx.artifact_log:
+        if (a["backend"], a["precision"], a["exported"]) == ("ort", precision, True):
+            return Path(a["path"])
+    return export_onnx(ctx, precision)
+
+
 def _load_ort(ctx, precision: str) -> Loaded:
     from vit_deploy.runtime.ort_backend import OrtBackend
 
-    directory = ctx.artifact_for("ort", precision) or export_onnx(ctx, precision)
+    directory = onnx_artifact(ctx, precision)
     start = time.perf_counter()
     backend = OrtBackend.from_artifact(directory, threads=ctx.threads)
     load_s = time.perf_counter() - start
@@ -188,6 +215,37 @@ def _load_ort(ctx, precision: str) -> Loaded:
     loaded.notes.append(f"providers: {', '.join(backend.providers)}")
     if device == "cuda":
         loaded.notes.append("ONNX Runtime timings include host<->device copies (numpy I/O)")
+    return loaded
+
+
+# ------------------------------------------------------------------------------ OpenVINO
+
+# bench precision -> (ONNX artifact precision, OpenVINO inference precision hint)
+OPENVINO_CASES = {"fp32": ("fp32", "f32"), "bf16": ("fp32", "bf16"), "int8": ("int8", "f32")}
+
+
+def _openvino_unavailable(ctx) -> str | None:
+    if importlib.util.find_spec("openvino") is None:
+        return "OpenVINO is not installed (pip install 'vit-deploy[openvino]')"
+    return None
+
+
+def _load_openvino(ctx, precision: str) -> Loaded:
+    from vit_deploy.runtime.openvino_backend import OpenVinoBackend
+
+    artifact_precision, hint = OPENVINO_CASES[precision]
+    directory = onnx_artifact(ctx, artifact_precision)
+    start = time.perf_counter()
+    # the benchmark measures parity itself (and reports it), so it does not need the
+    # manifest's OpenVINO record that serving requires
+    backend = OpenVinoBackend.from_artifact(
+        directory, precision=hint, threads=ctx.threads, require_verified=False
+    )
+    loaded = Loaded(backend, device="cpu", load_s=time.perf_counter() - start)
+    loaded.notes.append(
+        f"OpenVINO on our {artifact_precision} ONNX, hint {hint}, runs at "
+        f"{backend.inference_precision}"
+    )
     return loaded
 
 
@@ -257,6 +315,14 @@ REGISTRY: dict[str, BackendSpec] = {
             "PyTorch eager, sdpa attention",
         ),
         BackendSpec(
+            "torch-compile",
+            ("fp32", "fp16"),
+            _load_torch_compile,
+            _torch_unavailable,
+            _torch_skip,
+            "torch.compile (inductor), sdpa attention",
+        ),
+        BackendSpec(
             "torch-triton",
             ("fp32", "fp16"),
             _load_triton,
@@ -265,7 +331,18 @@ REGISTRY: dict[str, BackendSpec] = {
             "PyTorch eager, our fused Triton attention",
         ),
         BackendSpec(
-            "ort", ("fp32", "fp16"), _load_ort, _ort_unavailable, description="ONNX Runtime"
+            "ort",
+            ("fp32", "fp16", "int8"),
+            _load_ort,
+            _ort_unavailable,
+            description="ONNX Runtime",
+        ),
+        BackendSpec(
+            "openvino",
+            tuple(OPENVINO_CASES),
+            _load_openvino,
+            _openvino_unavailable,
+            description="OpenVINO (CPU) on our ONNX artifact",
         ),
         BackendSpec("trt", ("fp32", "fp16"), _load_trt, _trt_unavailable, description="TensorRT"),
     )

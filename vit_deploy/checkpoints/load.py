@@ -14,8 +14,6 @@ import math
 import os
 import pickle
 import re
-import shutil
-import tempfile
 import warnings
 from collections.abc import Callable, Mapping
 from functools import partial
@@ -31,6 +29,7 @@ from vit_deploy.config import ViTConfig, get_preset
 from vit_deploy.errors import CheckpointError, CheckpointMismatchError, ConfigError
 from vit_deploy.model.layers import ATTENTION_IMPLS
 from vit_deploy.model.vit import VisionTransformer
+from vit_deploy.storage import atomic_write_json, staged_dir
 
 NATIVE_CONFIG = "config.json"
 NATIVE_WEIGHTS = "model.safetensors"
@@ -97,33 +96,12 @@ def save_model(model: VisionTransformer, directory: str | os.PathLike) -> Path:
             "got something else; refusing to overwrite it"
         )
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    # a locked staging dir beside it, renamed into place (the old one kept until then)
+    with staged_dir(directory) as stage:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / NATIVE_WEIGHTS), metadata={"format": NATIVE_FORMAT})
+        save_file(state, str(stage.path / NATIVE_WEIGHTS), metadata={"format": NATIVE_FORMAT})
         config = {"format": NATIVE_FORMAT, **model.config.to_dict()}
-        (tmp / NATIVE_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-        # mkdtemp makes a private (0700) directory; a checkpoint is ordinary readable data.
-        tmp.chmod(0o755)
-        for f in tmp.iterdir():
-            f.chmod(0o644)
-        if directory.exists():
-            # POSIX cannot swap two directories in one step: move the old one aside (kept
-            # until the new one is in place, restored if that fails), then rename.
-            aside = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old.", dir=directory.parent))
-            directory.rename(aside / "ckpt")
-            try:
-                tmp.rename(directory)
-            except BaseException:
-                (aside / "ckpt").rename(directory)
-                raise
-            finally:
-                shutil.rmtree(aside, ignore_errors=True)
-        else:
-            tmp.rename(directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        atomic_write_json(stage.path / NATIVE_CONFIG, config)
     return directory
 
 

@@ -1,7 +1,7 @@
 """vit-bench: latency, throughput and parity across PyTorch, ONNX Runtime and TensorRT.
 
-vit-bench [--model PRESET|CHECKPOINT] [--backends torch,torch-triton,ort,trt]
-          [--precision fp32,fp16] [--batch-sizes 1,8,32] [--img-size N] [--warmup N]
+vit-bench [--model PRESET|CHECKPOINT] [--backends torch,torch-compile,torch-triton,ort,openvino,trt]
+          [--precision fp32,fp16,int8,bf16] [--batch-sizes 1,8,32] [--img-size N] [--warmup N]
           [--iters N | --seconds S] [--threads N] [--repeats N] [--out DIR]
           [--artifacts DIR ...]
 """
@@ -87,7 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help=f"comma-separated, some of {','.join(REGISTRY)} (default: all)",
     )
-    p.add_argument("--precision", nargs="+", metavar="P", help="fp32,fp16 (default: both)")
+    p.add_argument(
+        "--precision",
+        nargs="+",
+        metavar="P",
+        help="fp32,fp16,int8,bf16 (bf16: OpenVINO only; default: all)",
+    )
     p.add_argument(
         "--batch-sizes",
         nargs="+",

@@ -1,9 +1,17 @@
 """Shared by the command-line tools: model resolution and error reporting.
 
-Errors the user can fix (a bad option, an unknown preset, a missing file) print one
-line, ``prog: error: expected X, got Y``, and exit 2. Failures of the work itself
-(a parity gate, a backend that is not here) exit 1, with their table when they have
-one. No tracebacks for either; a traceback means a bug in vit_deploy.
+One exit-code convention for every vit-* tool:
+
+  0  everything asked for was done
+  1  the work ran and did not (fully) succeed: a parity or verification failure, an
+     export that failed, a partial result (some inputs failed, some cases failed)
+  2  bad input or an unusable environment: a bad option, an unknown preset, a missing or
+     lying artifact, no images, an output another process is writing, no GPU or library
+     for what was asked
+  130 interrupted
+
+Errors print one line, ``prog: error: expected X, got Y``; no tracebacks (a traceback
+means a bug in vit_deploy).
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from collections.abc import Callable
 from vit_deploy.errors import (
     CheckpointError,
     ConfigError,
+    ExportError,
     InputDTypeError,
     InputShapeError,
     ViTDeployError,
@@ -23,6 +32,9 @@ from vit_deploy.errors import (
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 USAGE_ERRORS = (ConfigError, CheckpointError, InputShapeError, InputDTypeError)
+# the work itself ran and failed (ParityError is one); every other error we raise on purpose
+# is bad input or an unusable environment
+FAILURE_ERRORS = (ExportError,)
 
 
 class UsageError(ConfigError):
@@ -30,7 +42,14 @@ class UsageError(ConfigError):
 
 
 def exit_code(exc: BaseException) -> int:
+    """1 for a failure of the work (``FAILURE_ERRORS``), 2 for any other error of ours
+    (bad input or environment: a backend that is not here, a locked output, a bad
+    artifact), 1 for anything else (a bug: it reached no check of ours)."""
     if isinstance(exc, USAGE_ERRORS):
+        return EXIT_USAGE
+    if isinstance(exc, FAILURE_ERRORS):
+        return EXIT_FAILURE
+    if isinstance(exc, ViTDeployError):
         return EXIT_USAGE
     return EXIT_FAILURE
 

@@ -26,11 +26,13 @@ since) are not recomputed; failed ones are retried. --no-resume discards OUT.par
 
 EPILOG = """\
 exit status: 0 all embedded; 1 some files failed (listed in the errors file);
-2 bad arguments (missing artifact, no images, unwritable or unknown --out); 130 interrupted.
+2 bad arguments (missing artifact, no images, unwritable or unknown --out) or another
+vit-embed writing the same --out (it is named); 130 interrupted.
 
 examples:
   vit-embed --artifact artifacts/default-fp32 --images photos/ --out photos.parquet
-  vit-embed --artifact art/ --images 'shots/**/*.jpg' --out shots.npy --batch-size 128"""
+  vit-embed --artifact art/ --images 'shots/**/*.jpg' --out shots.npy --batch-size 128
+  vit-embed --artifact art/ --images /shared/photos --out photos.parquet --ray auto --actors 8"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,9 +75,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--chunk-rows", type=_positive, default=1024, help="images per resumable chunk (1024)"
     )
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="local|auto|ADDRESS",
+        help="embed on Ray Data actors: 'local' (the default with a bare --ray) starts Ray "
+        "here, 'auto' joins this machine's cluster, ADDRESS is a head (HOST:6379 or "
+        "ray://HOST:10001); same outputs and resume as without it",
+    )
+    p.add_argument("--actors", type=_positive, default=None, help="with --ray: actors (1)")
+    p.add_argument(
+        "--actor-threads",
+        type=_positive,
+        default=None,
+        help="with --ray: CPUs (and ONNX Runtime threads) per actor (1); --backend trt "
+        "actors take one GPU each",
+    )
+    p.add_argument(
+        "--exif-transpose",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="turn each image by its EXIF orientation tag, as a viewer shows it (default: on; "
+        "--no-exif-transpose embeds the stored pixels, as timm's loader does)",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="refuse images with more pixels than N, read from the header before decoding, "
+        "as a failure in the errors file (default: 89478485, Pillow's own warning threshold)",
+    )
     p.add_argument("--report", default=None, help="also write the run's summary as JSON here")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
+
+
+def _decode_options(args) -> dict:
+    opts = {"exif_transpose": args.exif_transpose}
+    if args.max_pixels is not None:
+        opts["max_pixels"] = args.max_pixels
+    return opts
 
 
 def _positive(text: str) -> int:
@@ -101,6 +143,8 @@ def _int(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.ray is not None or args.actors is not None or args.actor_threads is not None:
+        return _main_ray(args)
     from vit_deploy.embed.embedder import Embedder
     from vit_deploy.embed.pipeline import OutputPlan, discover, embed_files
 
@@ -120,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             normalize=args.normalize,
             chunk_rows=args.chunk_rows,
             progress=not args.quiet,
+            **_decode_options(args),
         )
     except ViTDeployError as exc:
         print(f"vit-embed: error: {exc}", file=sys.stderr)
@@ -137,6 +182,57 @@ def main(argv: list[str] | None = None) -> int:
             json.dump(_report(result, embedder, args), f, indent=2)
             f.write("\n")
     return 1 if result.failed else 0
+
+
+def _main_ray(args) -> int:
+    """The --ray path: the same outputs and exit codes, with the model on Ray actors."""
+    if args.ray is None:
+        return _fail("--actors and --actor-threads need --ray")
+    if args.workers is not None or args.threads is not None:
+        return _fail("--workers and --threads are for the local run; with --ray use "
+                     "--actors and --actor-threads")  # fmt: skip
+    from vit_deploy.embed.pipeline import OutputPlan, discover
+    from vit_deploy.embed.ray_files import embed_files_ray
+
+    try:
+        OutputPlan.for_output(args.out, args.errors)  # unwritable or unknown --out: no work done
+        inputs = discover(args.images)
+        result, info = embed_files_ray(
+            args.artifact,
+            inputs,
+            args.out,
+            address=args.ray,
+            errors=args.errors,
+            resume=args.resume,
+            backend=args.backend,
+            batch_size=args.batch_size,
+            normalize=args.normalize,
+            chunk_rows=args.chunk_rows,
+            actors=args.actors or 1,
+            actor_threads=args.actor_threads,
+            progress=not args.quiet,
+        )
+    except ViTDeployError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        print(
+            f"\nvit-embed: interrupted; finished chunks are kept in {args.out}.partial/: run the "
+            "same command again to resume",
+            file=sys.stderr,
+        )
+        return 130
+    print(_summary(result, info))
+    if args.report:
+        report = {**_report(result, info, args), "ray": args.ray, "actors": args.actors or 1}
+        with open(args.report, "w") as f:
+            json.dump({**report, "actor_threads": args.actor_threads}, f, indent=2)
+            f.write("\n")
+    return 1 if result.failed else 0
+
+
+def _fail(message: str) -> int:
+    print(f"vit-embed: error: {message}", file=sys.stderr)
+    return 2
 
 
 def _summary(result, embedder) -> str:

@@ -29,12 +29,18 @@ class ExportFormat:
     available: Callable[[], str | None] = _always
     # "module:function" taking the argparse parser, to add this format's own options
     arguments: str | None = None
+    # "module:function" taking the parsed args and returning the exit code: a format made
+    # from an exported artifact, not a model, runs the whole command itself
+    command: str | None = None
 
     def load(self) -> Callable:
         reason = self.available()
         if reason is not None or self.exporter is None:
             raise BackendUnavailableError(reason or f"{self.name} export is not implemented")
         return _resolve(self.exporter)
+
+    def run_command(self, args) -> int:
+        return _resolve(self.command)(args)
 
     def add_arguments(self, parser) -> None:
         if self.arguments is not None:
@@ -79,5 +85,14 @@ register_format(
         "vit_deploy.cli.export_trt:export_trt_from_args",
         _tensorrt_unavailable,
         arguments="vit_deploy.cli.export_trt:add_trt_arguments",
+    )
+)
+register_format(
+    ExportFormat(
+        "triton",
+        "Triton Inference Server model repository entry from an onnx or trt artifact (--from)",
+        None,
+        arguments="vit_deploy.cli.export_triton:add_triton_arguments",
+        command="vit_deploy.cli.export_triton:export_triton_from_args",
     )
 )

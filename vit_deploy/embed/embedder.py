@@ -26,6 +26,9 @@ from PIL import Image
 
 from vit_deploy.config import Preprocess
 from vit_deploy.errors import ArtifactError, ConfigError, InputShapeError, NoClassifierError
+from vit_deploy.labels import manifest_labels
+from vit_deploy.labels import top_k as top_k_rows
+from vit_deploy.manifest import check_outputs
 from vit_deploy.preprocess import is_tensor, preprocess_one
 
 DEFAULT_BATCH_SIZE = 32
@@ -131,9 +134,9 @@ class Embedder:
     def run(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         """Every output of the backend for a preprocessed (B, 3, S, S) float32 batch."""
         if self._lock is None:
-            return self.backend(pixels)
+            return check_outputs(self.backend(pixels), len(pixels), self.config)
         with self._lock:
-            return self.backend(pixels)
+            return check_outputs(self.backend(pixels), len(pixels), self.config)
 
     def embed_pixels(self, pixels: np.ndarray, normalize: bool = True) -> np.ndarray:
         """(B, D) float32 embeddings of a preprocessed batch."""
@@ -159,17 +162,9 @@ class Embedder:
     ) -> list[list[tuple[str, float]]]:
         """Per image, the ``top_k`` (label, probability) pairs, most probable first."""
         self._check_classifier()
-        k = max(1, min(int(top_k), len(self.labels)))
         results = []
         for pixels in self._pixel_batches(images, batch_size):
-            logits = np.asarray(self.run(pixels)["logits"], dtype=np.float64)
-            probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-            probs /= probs.sum(axis=1, keepdims=True)
-            top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-            results += [
-                [(self.labels[i], float(row[i])) for i in idx]
-                for row, idx in zip(probs, top, strict=True)
-            ]
+            results += top_k_rows(self.run(pixels)["logits"], self.labels, top_k)
         return results
 
     # ------------------------------------------------------------------ helpers
@@ -237,12 +232,9 @@ def _as_pixel_batch(images, pre: Preprocess) -> np.ndarray | None:
 
 
 def _labels_of(manifest: dict, config) -> tuple[str, ...]:
-    labels = manifest.get("labels")
-    if isinstance(labels, dict):
-        labels = labels.get("names")
-    if isinstance(labels, (list, tuple)) and labels:
-        return tuple(str(x) for x in labels)
-    return tuple(config.labels)
+    """Real names only (the manifest's, else the config's): classify refuses without them
+    rather than print "class N"."""
+    return manifest_labels(manifest) or tuple(config.labels)
 
 
 # ---------------------------------------------------------------------- export cache
@@ -287,7 +279,26 @@ def cached_export(model, cache_dir: str | os.PathLike | None = None, options=Non
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     key = hashlib.sha256(f"{weights_hash(model)}|{options!r}".encode()).hexdigest()[:24]
     target = cache_dir / key
-    if not (target / "manifest.json").is_file():
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        export_onnx_artifact(model, target, options, source="Embedder.from_model")
+    if (target / "manifest.json").is_file():
+        return target
+    # another process exporting the same entry: wait for it, then use its artifact
+    with _cache_entry_lock(target):
+        if not (target / "manifest.json").is_file():
+            export_onnx_artifact(model, target, options, source="Embedder.from_model")
     return target
+
+
+def _cache_entry_lock(target: Path):
+    import logging
+
+    from vit_deploy.errors import OutputLockedError
+    from vit_deploy.storage import acquire_lock
+
+    entry = target.with_name(
+        target.name + ".export"
+    )  # not target's own lock: the export takes that
+    try:
+        return acquire_lock(entry, what="cache entry")
+    except OutputLockedError as exc:
+        logging.getLogger(__name__).info("waiting for the export cache: %s", exc)
+        return acquire_lock(entry, wait=None, what="cache entry")

@@ -23,7 +23,6 @@ import collections
 import contextlib
 import glob
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -37,7 +36,8 @@ from tqdm import tqdm
 from vit_deploy.embed.workdir import WORK_FORMAT, WorkDir, merge
 from vit_deploy.embed.writers import OUTPUT_FORMATS, read_embeddings
 from vit_deploy.errors import EmbedInputError, OutputPathError
-from vit_deploy.preprocess import preprocess_one
+from vit_deploy.preprocess import DEFAULT_MAX_PIXELS, DecodeOptions, preprocess_one
+from vit_deploy.storage import remove_stale_temps
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -162,8 +162,11 @@ def _stat(path: str) -> tuple[int, int]:
 # ---------------------------------------------------------------------- decoding
 
 
-def _decode(path: str, size: int, pre, fmt: str) -> np.ndarray | str:
-    """Preprocessed pixels, or the reason (one line) why this file gives none."""
+def _decode(
+    path: str, size: int, pre, fmt: str, decode: DecodeOptions | None = None
+) -> np.ndarray | str:
+    """Preprocessed pixels, or the reason (one line) why this file gives none (an image over
+    the pixel limit is one: it is refused from its header, before decoding)."""
     try:
         path.encode("utf-8")
     except UnicodeEncodeError:
@@ -173,27 +176,32 @@ def _decode(path: str, size: int, pre, fmt: str) -> np.ndarray | str:
     if size == 0:
         return "empty file (0 bytes)"
     try:
-        return preprocess_one(path, pre)
+        return preprocess_one(path, pre, decode)
     except Exception as exc:  # every decoder failure is a row in the errors file
         text = " ".join(str(exc).split()) or "no message"
         return f"{type(exc).__name__}: {text}"[:MAX_REASON]
 
 
 def prefetch(
-    items: Sequence[tuple[str, int]], pre, fmt: str, workers: int, depth: int
+    items: Sequence[tuple[str, int]],
+    pre,
+    fmt: str,
+    workers: int,
+    depth: int,
+    decode: DecodeOptions | None = None,
 ) -> Iterator[tuple[int, np.ndarray | str]]:
     """(index, pixels or reason) in input order, decoded by ``workers`` threads with at
     most ``depth`` images in flight (decoded and waiting, or being decoded)."""
     if workers < 1:
         for i, (path, size) in enumerate(items):
-            yield i, _decode(path, size, pre, fmt)
+            yield i, _decode(path, size, pre, fmt, decode)
         return
     pool = ThreadPoolExecutor(workers, thread_name_prefix="vit-embed-decode")
     pending: collections.deque = collections.deque()
     try:
         upcoming = iter(enumerate(items))
         for i, (path, size) in upcoming:
-            pending.append((i, pool.submit(_decode, path, size, pre, fmt)))
+            pending.append((i, pool.submit(_decode, path, size, pre, fmt, decode)))
             if len(pending) >= depth:
                 break
         while pending:
@@ -201,7 +209,7 @@ def prefetch(
             nxt = next(upcoming, None)
             if nxt is not None:
                 j, (path, size) = nxt
-                pending.append((j, pool.submit(_decode, path, size, pre, fmt)))
+                pending.append((j, pool.submit(_decode, path, size, pre, fmt, decode)))
             yield i, future.result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -237,6 +245,8 @@ class RunOptions:
     normalize: bool = True
     chunk_rows: int = DEFAULT_CHUNK_ROWS
     progress: bool = True
+    exif_transpose: bool = True  # turn images by their EXIF orientation tag
+    max_pixels: int | None = DEFAULT_MAX_PIXELS  # refuse (as a recorded failure) larger ones
     # called with n after this run's n-th chunk is on disk (tests raise from it to
     # simulate an interrupted run)
     on_chunk: Callable[[int], None] | None = None
@@ -247,6 +257,10 @@ class RunOptions:
                 raise ValueError(f"{name}: expected >= 1, got {getattr(self, name)}")
         if self.workers is not None and self.workers < 0:
             raise ValueError(f"workers: expected >= 0, got {self.workers}")
+
+    @property
+    def decode(self) -> DecodeOptions:
+        return DecodeOptions(exif_transpose=self.exif_transpose, max_pixels=self.max_pixels)
 
     @property
     def decode_threads(self) -> int:
@@ -265,26 +279,30 @@ def embed_files(
     """Embed every image under ``images`` into ``out`` (.npy or .parquet).
 
     ``options``: the fields of ``RunOptions`` (batch_size, workers, normalize, chunk_rows,
-    progress, on_chunk). ``resume``: reuse the chunks of an interrupted run of the same
-    artifact and settings (else they are discarded).
+    progress, exif_transpose, max_pixels, on_chunk). ``resume``: reuse the chunks of an
+    interrupted run of the same artifact and settings (else they are discarded).
+
+    The output is locked for the whole run (``OutputLockedError`` names a live writer of
+    the same ``out``); temp files a killed run left beside the outputs are removed.
     """
     opts = RunOptions(**options)
     plan = OutputPlan.for_output(out, errors)  # before any work: fail fast on a bad --out
     inputs = discover(images)
-    meta = {
-        "format": WORK_FORMAT,
-        "fingerprint": embedder.fingerprint,
-        "normalize": bool(opts.normalize),
-        "dim": int(embedder.dim),
-    }
-    work = WorkDir.open(plan.work, meta, resume)
-    done = work.finished(inputs)
-    todo = np.flatnonzero(~done)
-    start = time.perf_counter()
-    _embed_into_chunks(embedder, inputs, todo, work, plan.fmt, opts)
-    seconds = time.perf_counter() - start
-    rows, failed = merge(work, inputs, plan, embedder.dim)
-    shutil.rmtree(work.path)
+    meta = work_meta(embedder.fingerprint, embedder.dim, opts.normalize)
+    work = WorkDir.open(plan.work, meta, resume)  # the output's lock, held until finish
+    try:
+        for path in (plan.out, plan.errors, plan.paths):
+            if path is not None:
+                remove_stale_temps(path)
+        done = work.finished(inputs)
+        todo = np.flatnonzero(~done)
+        start = time.perf_counter()
+        _embed_into_chunks(embedder, inputs, todo, work, plan.fmt, opts)
+        seconds = time.perf_counter() - start
+        rows, failed = merge(work, inputs, plan, embedder.dim)
+        work.finish()
+    finally:
+        work.close()
     return EmbedResult(
         out=plan.out,
         errors_file=plan.errors,
@@ -297,6 +315,16 @@ def embed_files(
         ignored=inputs.ignored,
         seconds=seconds,
     )
+
+
+def work_meta(fingerprint: str, dim: int, normalize: bool) -> dict:
+    """What a resumed run must share with the one that wrote the work dir (local or --ray)."""
+    return {
+        "format": WORK_FORMAT,
+        "fingerprint": fingerprint,
+        "normalize": bool(normalize),
+        "dim": int(dim),
+    }
 
 
 def _embed_into_chunks(embedder, inputs, todo, work, fmt: str, opts: RunOptions) -> None:
@@ -323,7 +351,7 @@ def _embed_into_chunks(embedder, inputs, todo, work, fmt: str, opts: RunOptions)
         if opts.on_chunk is not None:
             opts.on_chunk(chunks_written)
 
-    decoded = prefetch(items, embedder.preprocess, fmt, opts.decode_threads, depth)
+    decoded = prefetch(items, embedder.preprocess, fmt, opts.decode_threads, depth, opts.decode)
     try:
         with contextlib.closing(decoded):  # on an error, stop the decode workers now
             for pos, result in decoded:

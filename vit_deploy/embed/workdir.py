@@ -3,7 +3,10 @@
 A chunk (``chunk-NNNNNN.npz``, written under a temp name, fsynced, renamed) holds a run
 of entries, each a path with the (size, mtime_ns) it had, ok or the reason it failed,
 and the embeddings of the ok ones. ``meta.json`` says which artifact and settings wrote
-them: a resumed run must match it.
+them: a resumed run must match it. ``WorkDir.open`` takes the output's lock (see
+``vit_deploy.storage``): a second run on the same output stops with ``OutputLockedError``
+naming the first, and whatever is in the work dir once the lock is held was left by a
+run that is gone, so it is resumed (or discarded) with a line saying so.
 
 ``merge`` turns the chunks into the output: per input, the newest chunk entry whose
 size and mtime still match the file counts; rows are streamed to the writer, failures to
@@ -14,7 +17,7 @@ into place.
 from __future__ import annotations
 
 import json
-import os
+import logging
 import shutil
 import warnings
 from collections.abc import Iterator
@@ -25,9 +28,19 @@ import numpy as np
 
 from vit_deploy.embed.writers import open_writer
 from vit_deploy.errors import OutputPathError, ResumeError
+from vit_deploy.storage import (
+    OutputLock,
+    acquire_lock,
+    atomic_file,
+    atomic_write_json,
+    commit_file,
+    temp_path,
+)
 
 if TYPE_CHECKING:
     from vit_deploy.embed.pipeline import Inputs, OutputPlan
+
+log = logging.getLogger(__name__)
 
 WORK_FORMAT = "vit_deploy.embed-work/1"
 META_NAME = "meta.json"
@@ -37,28 +50,33 @@ class WorkDir:
     """``<out>.partial/``: ``meta.json`` plus ``chunk-NNNNNN.npz`` files, each holding a
     run of entries (path, size, mtime, ok, reason) and the embeddings of the ok ones."""
 
-    def __init__(self, path: Path, meta: dict):
+    def __init__(self, path: Path, meta: dict, lock: OutputLock | None = None):
         self.path = path
         self.meta = meta
+        self.lock = lock
         self.next_index = 1 + max((self._index(p) for p in self.chunks()), default=-1)
 
     @classmethod
     def open(cls, path: Path, meta: dict, resume: bool) -> WorkDir:
-        if path.exists():
-            found = _read_meta(path)
-            if not resume or found is None:
-                _remove_work(path, found)
-            elif found != meta:
-                raise ResumeError(
-                    f"{path} holds an unfinished run with other settings ({_diff(found, meta)}); "
-                    "expected the same artifact and --normalize choice. Rerun with --no-resume "
-                    "to discard it"
-                )
-        path.mkdir(exist_ok=True)
-        for leftover in path.glob("*.tmp"):  # a chunk whose write was cut short
-            leftover.unlink()
-        _atomic_write_text(path / META_NAME, json.dumps(meta, indent=2) + "\n")
-        return cls(path, meta)
+        """Lock the output (``OutputLockedError`` naming the live writer, if there is one),
+        then resume or discard what an earlier run left in ``path``: with the lock held,
+        that run is gone."""
+        lock = acquire_lock(output_of(path), what="vit-embed output")
+        try:
+            _open_locked(path, meta, resume)
+        except BaseException:
+            lock.release()
+            raise
+        return cls(path, meta, lock)
+
+    def finish(self) -> None:
+        """Remove the work dir (the outputs are in place) and release the lock."""
+        shutil.rmtree(self.path)
+        self.close()
+
+    def close(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
 
     def chunks(self) -> list[Path]:
         return sorted(self.path.glob("chunk-*.npz"), key=self._index)
@@ -82,8 +100,7 @@ class WorkDir:
 
     def write_chunk(self, paths, stats, ok, reasons, embeddings: np.ndarray) -> Path:
         target = self.path / f"chunk-{self.next_index:06d}.npz"
-        tmp = target.with_suffix(".npz.tmp")
-        with open(tmp, "wb") as f:
+        with atomic_file(target, "wb") as f:
             np.savez(
                 f,
                 paths=np.array(paths, dtype=str),
@@ -92,9 +109,6 @@ class WorkDir:
                 reasons=np.array(reasons, dtype=str),
                 embeddings=embeddings,
             )
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
         self.next_index += 1
         return target
 
@@ -113,6 +127,33 @@ class WorkDir:
                 if i is not None and (inputs.stats[i] == stat).all():
                     done[i] = True
         return done
+
+
+def output_of(work: Path) -> Path:
+    """The output a work dir ``<out>.partial`` belongs to: the path its lock is taken on."""
+    return work.with_name(work.name.removesuffix(".partial"))
+
+
+def _open_locked(path: Path, meta: dict, resume: bool) -> None:
+    if path.exists():
+        found = _read_meta(path)
+        if not resume or found is None:
+            _remove_work(path, found)
+            if found is not None:
+                log.warning("discarded the work dir of an earlier, unfinished run: %s", path)
+        elif found != meta:
+            raise ResumeError(
+                f"{path} holds an unfinished run with other settings ({_diff(found, meta)}); "
+                "expected the same artifact and --normalize choice. Rerun with --no-resume "
+                "to discard it"
+            )
+        else:
+            chunks = len(list(path.glob("chunk-*.npz")))
+            log.warning("resuming an interrupted run: %d finished chunk(s) in %s", chunks, path)
+    path.mkdir(exist_ok=True)
+    for leftover in [*path.glob(".*.tmp-*"), *path.glob("*.tmp")]:  # a chunk cut short
+        leftover.unlink()
+    atomic_write_json(path / META_NAME, meta)
 
 
 def _read_meta(path: Path) -> dict | None:
@@ -135,12 +176,6 @@ def _remove_work(path: Path, meta: dict | None) -> None:
 def _diff(found: dict, want: dict) -> str:
     keys = sorted(k for k in set(found) | set(want) if found.get(k) != want.get(k))
     return ", ".join(f"{k}: {found.get(k)!r} there, {want.get(k)!r} now" for k in keys)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def merge(work: WorkDir, inputs: Inputs, plan: OutputPlan, dim: int) -> tuple[int, int]:
@@ -172,7 +207,7 @@ def merge(work: WorkDir, inputs: Inputs, plan: OutputPlan, dim: int) -> tuple[in
             f"internal error: {rows} rows + {failed} failed != {len(inputs)} inputs; "
             f"unaccounted for: {missing}"
         )
-    err_tmp = _tmp_beside(plan.errors)
+    err_tmp = temp_path(plan.errors)
     writer = open_writer(plan, rows, dim, work.meta)
     try:
         with open(err_tmp, "w", encoding="utf-8") as errors:
@@ -190,7 +225,7 @@ def merge(work: WorkDir, inputs: Inputs, plan: OutputPlan, dim: int) -> tuple[in
         writer.abort()
         err_tmp.unlink(missing_ok=True)
         raise
-    os.replace(err_tmp, plan.errors)
+    commit_file(err_tmp, plan.errors)
     return rows, failed
 
 
@@ -207,7 +242,3 @@ def _ok_masks(chunks: list[Path], keeps: list[np.ndarray]) -> Iterator[np.ndarra
     for chunk, keep in zip(chunks, keeps, strict=True):
         with np.load(chunk, allow_pickle=False) as z:
             yield keep & z["ok"]
-
-
-def _tmp_beside(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")

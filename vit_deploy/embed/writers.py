@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vit_deploy.errors import OutputPathError
+from vit_deploy.errors import ArtifactError, OutputPathError
+from vit_deploy.storage import commit_file, fsync_dir, temp_path
 
 OUTPUT_FORMATS = {".npy": "npy", ".parquet": "parquet"}
 ROW_DTYPE = np.dtype("<f4")
@@ -30,14 +31,15 @@ def open_writer(plan, rows: int, dim: int, meta: dict | None = None):
     return ParquetWriter(plan, rows, dim, meta or {})
 
 
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
 def _close(f) -> None:
     f.flush()
     os.fsync(f.fileno())
     f.close()
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 class _Writer:
@@ -47,7 +49,7 @@ class _Writer:
 
     def _count(self, paths, emb: np.ndarray) -> None:
         if emb.shape != (len(paths), self.dim):
-            raise ValueError(f"expected ({len(paths)}, {self.dim}) embeddings, got {emb.shape}")
+            raise ArtifactError(f"expected ({len(paths)}, {self.dim}) embeddings, got {emb.shape}")
         self.written += len(paths)
         if self.written > self.rows:
             raise RuntimeError(f"internal error: more rows than the {self.rows} announced")
@@ -60,11 +62,11 @@ class _Writer:
 class NpyWriter(_Writer):
     def __init__(self, plan, rows: int, dim: int):
         super().__init__(plan, rows, dim)
-        self.tmp, self.paths_tmp = _tmp(plan.out), _tmp(plan.paths)
-        self.f = open(self.tmp, "wb")
+        self.tmp, self.paths_tmp = temp_path(plan.out), temp_path(plan.paths)
+        self.f = open(self.tmp, "xb")
         header = {"descr": np.lib.format.dtype_to_descr(ROW_DTYPE), "fortran_order": False}
         np.lib.format.write_array_header_1_0(self.f, {**header, "shape": (rows, dim)})
-        self.paths_f = open(self.paths_tmp, "w", encoding="utf-8", newline="\n")
+        self.paths_f = open(self.paths_tmp, "x", encoding="utf-8", newline="\n")
 
     def write(self, paths: list[str], emb: np.ndarray) -> None:
         self._count(paths, emb)
@@ -75,8 +77,8 @@ class NpyWriter(_Writer):
         self._check_complete()
         _close(self.paths_f)
         _close(self.f)
-        os.replace(self.paths_tmp, self.plan.paths)
-        os.replace(self.tmp, self.plan.out)
+        _publish(self.paths_tmp, self.plan.paths)
+        _publish(self.tmp, self.plan.out)
 
     def abort(self) -> None:
         for f, path in ((self.f, self.tmp), (self.paths_f, self.paths_tmp)):
@@ -95,7 +97,7 @@ class ParquetWriter(_Writer):
             [("path", pa.string()), ("embedding", pa.list_(pa.float32(), dim))],
             metadata={"vit_deploy": json.dumps(meta, sort_keys=True)},
         )
-        self.tmp = _tmp(plan.out)
+        self.tmp = temp_path(plan.out)
         self.writer = pq.ParquetWriter(str(self.tmp), self.schema)
 
     def write(self, paths: list[str], emb: np.ndarray) -> None:
@@ -111,9 +113,7 @@ class ParquetWriter(_Writer):
     def commit(self) -> None:
         self._check_complete()
         self.writer.close()
-        with open(self.tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(self.tmp, self.plan.out)
+        commit_file(self.tmp, self.plan.out)
 
     def abort(self) -> None:
         self.writer.close()

@@ -87,6 +87,13 @@ class OnnxExportOptions:
             )
         if self.verify_samples is not None and self.verify_samples < 1:
             problems.append(f"verify_samples: expected >= 1, got {self.verify_samples}")
+        if not (isinstance(self.calibration_size, int) and self.calibration_size >= 1):
+            problems.append(f"calibration_size: expected >= 1, got {self.calibration_size!r}")
+        if not (isinstance(self.int8_attempts, int) and self.int8_attempts >= 1):
+            problems.append(f"int8_attempts: expected >= 1, got {self.int8_attempts!r}")
+        bad_hints = [h for h in self.verify_openvino if h not in OPENVINO_HINTS]
+        if bad_hints:
+            problems.append(f"verify_openvino: expected some of {OPENVINO_HINTS}, got {bad_hints}")
         if problems:
             raise ConfigError("; ".join(problems))
 

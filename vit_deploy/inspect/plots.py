@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+
+from vit_deploy.storage import atomic_file
 
 DPI = 110
 OVERLAY_CMAP = "inferno"
@@ -26,15 +27,8 @@ def save_png(fig: Figure, path: str | os.PathLike) -> Path:
     """Write ``fig`` to ``path`` atomically, so a reader never sees half a PNG."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=DPI, bbox_inches="tight")
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=DPI, bbox_inches="tight")
     return path
 
 

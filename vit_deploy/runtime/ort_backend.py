@@ -9,7 +9,7 @@ import numpy as np
 
 from vit_deploy.config import ViTConfig
 from vit_deploy.errors import ArtifactError, BackendUnavailableError, ConfigError
-from vit_deploy.manifest import read_manifest, verify_checksum
+from vit_deploy.manifest import artifact_path, check_graph_io, read_manifest, verify_checksum
 from vit_deploy.runtime.base import INPUT_NAME, Backend, default_output_names
 
 # Tried in this order when present in ort.get_available_providers(); CPU is always last.
@@ -77,6 +77,14 @@ def session_options(
     return so
 
 
+def graph_io(session) -> tuple[list[tuple], list[tuple]]:
+    """([(name, dtype, shape)] of the inputs, the same of the outputs) of a session."""
+    return tuple(
+        [(t.name, t.type, list(t.shape)) for t in tensors]
+        for tensors in (session.get_inputs(), session.get_outputs())
+    )
+
+
 class OrtBackend(Backend):
     name = "ort"
     thread_safe = True  # InferenceSession.run may be called from several threads
@@ -88,6 +96,8 @@ class OrtBackend(Backend):
         manifest: dict | None = None,
         source: str = "model",
     ):
+        if manifest is not None:  # before the checks below: say what the manifest gets wrong
+            check_graph_io(manifest, *graph_io(session), source=source)
         outputs = [o.name for o in session.get_outputs()]
         unknown = [n for n in outputs if n not in OUTPUT_NAMES]
         if unknown:
@@ -160,7 +170,7 @@ class OrtBackend(Backend):
             verify_checksum(directory, manifest)
         config = ViTConfig.from_dict(manifest["model"])
         return cls.from_onnx(
-            directory / manifest["artifact"]["file"],
+            artifact_path(directory, manifest["artifact"]["file"]),
             config,
             providers=providers,
             threads=threads,

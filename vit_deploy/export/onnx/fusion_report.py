@@ -66,8 +66,14 @@ def fusion_report(
     artifact_counts: dict[str, int],
     session_counts: dict[str, int] | None,
     depth: int,
+    optimization: dict | None = None,
 ) -> dict:
-    """The report stored in the manifest, with the loud warnings it raised."""
+    """The report stored in the manifest, with the loud warnings it raised.
+
+    ``optimization``: the exporter's record of which graph it kept and why. When the
+    unfused graph was kept on purpose (measured no slower, an fp16/int8 artifact, or
+    ``--optimize plain``), the missing fusion is a note, not a warning: a warning there
+    would contradict the choice the same report explains."""
     expected = expected_counts(depth)
     graphs = {"artifact": artifact_counts}
     if session_counts is not None:
@@ -76,17 +82,34 @@ def fusion_report(
     for label, counts in graphs.items():
         report[label] = {"fused": fused_counts(counts), "op_counts": counts}
     best = max(report[label]["fused"]["attention"] for label in graphs)
-    warnings = []
+    warnings, notes = [], []
     if best < depth:
         where = " or ".join(graphs)
-        warnings.append(
+        text = (
             f"attention fused in {best} of {depth} blocks ({where}): ONNX Runtime runs the "
             "unfused MatMul -> Softmax -> MatMul form (TensorRT fuses it at engine build)"
         )
+        chosen_plain = _kept_unfused_on_purpose(optimization)
+        if chosen_plain:
+            notes.append(f"{text}; the unfused graph was kept on purpose: {chosen_plain}")
+        else:
+            warnings.append(text)
     report["warnings"] = warnings
+    if notes:
+        report["notes"] = notes
     for w in warnings:
         log.warning("FUSION: %s", w)
     return report
+
+
+def _kept_unfused_on_purpose(optimization: dict | None) -> str | None:
+    """The reason the plain graph was chosen, when it was a choice and not a failure."""
+    if not optimization or optimization.get("chosen") != "plain":
+        return None
+    reason = str(optimization.get("reason", ""))
+    if not reason or "failed" in reason:
+        return None
+    return reason
 
 
 def summary_line(report: dict) -> str:

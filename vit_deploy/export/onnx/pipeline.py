@@ -2,7 +2,9 @@
 
 Everything is written into a hidden staging directory next to ``out``; only after the
 parity gate passed and the manifest is written is it renamed to ``out``. A failed or
-interrupted export removes the staging directory and leaves ``out`` as it was.
+interrupted export removes the staging directory and leaves ``out`` as it was; one killed
+outright leaves it behind, and the next export to ``out`` removes it (it holds ``out``'s
+lock, so no live run owns it: see ``vit_deploy.storage``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import logging
 import os
 import platform
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,12 +32,13 @@ from vit_deploy.export.onnx.optimize import (
     measure_candidates,
 )
 from vit_deploy.export.options import BATCH_AXIS, INPUT_NAME, OnnxExportOptions
-from vit_deploy.export.parity import GateResult, ParityReport
+from vit_deploy.export.parity import GateResult, ParityReport, parity_section, skipped_parity
 from vit_deploy.export.progress import Stages
 from vit_deploy.export.verify import ParityInputs, parity_inputs, reference_outputs, verify_artifact
 from vit_deploy.manifest import MANIFEST_NAME, file_entry, write_manifest
 from vit_deploy.model.vit import VisionTransformer
 from vit_deploy.runtime.ort_backend import OrtBackend
+from vit_deploy.storage import StagedDir, staged_dir
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +55,8 @@ class ExportResult:
     gate: GateResult | None
 
 
-def staging_dir(out: Path) -> Path:
-    """A hidden temp dir beside ``out`` (same filesystem, so the final rename is atomic)."""
+def check_out(out: Path) -> None:
+    """``out`` must be new, or an earlier export (with a manifest) to replace."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out: expected a directory, got {str(out)!r} (an existing file)")
     if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
@@ -62,28 +64,43 @@ def staging_dir(out: Path) -> Path:
             f"--out: expected a new directory or an earlier export to replace, got {str(out)!r} "
             f"(not empty and has no {MANIFEST_NAME})"
         )
+
+
+# staging path -> its StagedDir (which holds ``out``'s lock until publish or discard)
+_STAGES: dict[Path, StagedDir] = {}
+
+
+def staging_dir(out: Path) -> Path:
+    """Lock ``out`` and make its hidden staging dir beside it (same filesystem, so the
+    final rename is atomic); end it with ``publish`` or ``discard``. Staging dirs of killed
+    runs are removed here (see ``vit_deploy.storage``)."""
+    check_out(out)
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        staging.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the artifact is a normal dir
-        return staging
+        stage = staged_dir(out)
     except OSError as exc:
         raise ConfigError(
             f"--out: expected a writable directory, got {str(out)!r} ({exc.strerror or exc})"
         ) from exc
+    _STAGES[stage.path] = stage
+    return stage.path
 
 
 def publish(staging: Path, out: Path) -> None:
-    """Rename the staging dir to ``out``, replacing an earlier export there."""
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / "artifact")
-        os.replace(staging, out)
-        shutil.rmtree(old, ignore_errors=True)
+    """Rename the staging dir to ``out`` (an earlier export there is kept until then)."""
+    stage = _STAGES.pop(Path(staging))
+    try:
+        stage.publish()
+    finally:
+        stage.close()
+
+
+def discard(staging: Path) -> None:
+    """Remove an unpublished staging dir and release its lock."""
+    stage = _STAGES.pop(Path(staging), None)
+    if stage is not None:
+        stage.close()
     else:
-        os.replace(staging, out)
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def library_versions() -> dict[str, str]:
@@ -216,7 +233,11 @@ def _model_record(model, options, out: Path) -> dict:
     if spec.reproducible:
         args = ["vit-export", *spec.cli_args(), "--fmt", "onnx", *options.cli_args()]
         command = shlex.join([*args, "--out", os.fspath(out)])
-    return {"model_spec": spec.to_dict(), "weights_sha256": weights_sha256(model), "command": command}
+    return {
+        "model_spec": spec.to_dict(),
+        "weights_sha256": weights_sha256(model),
+        "command": command,
+    }
 
 
 def export_onnx_artifact(
@@ -289,7 +310,9 @@ def export_onnx_artifact(
             session_counts = fusion.op_counts(session_graph) if session_graph.is_file() else None
             for leftover in staging.glob(".ort_session.onnx*"):
                 leftover.unlink()
-            fusion_report = fusion.fusion_report(artifact_counts, session_counts, cfg.depth)
+            fusion_report = fusion.fusion_report(
+                artifact_counts, session_counts, cfg.depth, optimisation
+            )
             if options.verify and gate is None:
                 report, gate = verify_artifact(
                     backend,
@@ -305,23 +328,21 @@ def export_onnx_artifact(
                 from vit_deploy.export.onnx.openvino_verify import verify_openvino
 
                 serving["openvino"] = verify_openvino(
-                    model_path, cfg, options.verify_openvino, options.precision, parity,
+                    model_path,
+                    cfg,
+                    options.verify_openvino,
+                    options.precision,
+                    parity,
                     options.batch.opt,
                 )
 
         with stages.stage("write"):
             inputs, outputs = io_spec(model, names)
             if report is not None:
-                parity_section = {
-                    "passed": gate.passed,
-                    "gate": gate.to_dict(),
-                    "report": report.to_dict(),
-                    "inputs": parity.inputs.to_dict(),
-                    "reference": "PyTorch fp32 eager, reference (math) attention, same weights",
-                    "batch": options.batch.opt,
-                }
+                inputs_used = precision.get("gate_inputs") or parity.inputs
+                parity_record = parity_section(report, gate, inputs_used, options.batch.opt)
             else:
-                parity_section = {"skipped": True, "reason": "verification disabled (--no-verify)"}
+                parity_record = skipped_parity()
             manifest = {
                 "artifact": {"format": "onnx", **file_entry(staging, MODEL_FILE)},
                 "model": cfg.to_dict(),
@@ -343,7 +364,7 @@ def export_onnx_artifact(
                     "optimization": optimisation,
                 },
                 "fusion": fusion_report,
-                "parity": parity_section,
+                "parity": parity_record,
                 **({"serving": serving} if serving else {}),
                 "versions": library_versions(),
                 "export": {
@@ -363,5 +384,5 @@ def export_onnx_artifact(
         if own_stages:
             stages.close()
         if not published:
-            shutil.rmtree(staging, ignore_errors=True)
+            discard(staging)
     return ExportResult(directory=out, manifest=manifest, report=report, gate=gate)

@@ -1,0 +1,338 @@
+"""vit-serve under load: HTTP clients against the server, beside offline Embedder, one run.
+
+    python benchmarks/bench_serve.py [--models default,vit-s16] [--concurrency 1,8,32]
+                                     [--requests 2000] [--requests-vit-s16 256]
+                                     [--rss-requests 10000] [--max-batch 32]
+                                     [--max-delay-ms 5] [--results DIR]
+
+For each model (the bundled default model and a ViT-S/16 preset with random weights,
+both exported with ``vit-export --fmt onnx`` into ``artifacts/bench-serve/`` unless
+already there):
+
+1. offline: ``Embedder.embed(paths, batch_size=B)`` on the same PNG files, B = each
+   concurrency level (decode + preprocess + model, what a user runs instead of a server),
+   measured before the server starts so the two never share the cores;
+2. served: ``vit-serve`` in its own process on loopback; C asyncio httpx clients, each
+   sending single-image requests back to back, for a bounded number of requests; client
+   latency p50/p99, images/s, and the mean batch size from the server's own metrics;
+3. memory (default model only): the server's RSS after warm-up and every 1,000 requests
+   over ``--rss-requests`` requests.
+
+Writes ``results.json`` and ``results.md`` (with the targets table) to
+``benchmarks/results/serve/``. The client runs on the same cores as the server: on a
+small machine its own CPU use is part of what is measured, and the load average is
+recorded beside the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "serve"
+ARTIFACTS = ROOT / "artifacts" / "bench-serve"
+MODELS = {"default": [], "vit-s16": ["--model", "vit_small_patch16_224"]}
+VENV_BIN = Path(sys.executable).parent
+
+
+def ensure_artifact(model: str) -> Path:
+    out = ARTIFACTS / model
+    if not (out / "manifest.json").is_file():
+        cmd = [str(VENV_BIN / "vit-export"), *MODELS[model], "--fmt", "onnx", "--out", str(out)]
+        print("+", " ".join(cmd), flush=True)
+        subprocess.run([*cmd, "-q"], check=True)
+    return out
+
+
+def make_images(folder: Path, model: str, n: int = 64) -> list[Path]:
+    """The bundled held-out digits for the default model; 256x256 noise PNGs for ViT-S."""
+    from PIL import Image
+
+    if model == "default":
+        from vit_deploy.assets import heldout_set
+
+        return [p for p, _ in heldout_set()[:n]]
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        path = folder / f"{i}.png"
+        Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def offline(artifact: Path, paths: list[Path], batch: int, min_images: int) -> dict:
+    """Embedder.embed over the files at ``batch``: images/s and per-call latency."""
+    from vit_deploy.embed.embedder import Embedder
+
+    emb = Embedder.from_artifact(artifact)
+    chunk = [str(paths[i % len(paths)]) for i in range(batch)]
+    emb.embed(chunk, batch_size=batch)  # warm-up
+    calls, started = [], time.perf_counter()
+    while len(calls) * batch < min_images or time.perf_counter() - started < 2.0:
+        t = time.perf_counter()
+        out = emb.embed(chunk, batch_size=batch)
+        calls.append(time.perf_counter() - t)
+    assert not np.isnan(out).any()
+    total = sum(calls)
+    return {
+        "batch": batch,
+        "images": len(calls) * batch,
+        "images_per_s": len(calls) * batch / total,
+        "call_p50_ms": 1000 * float(np.median(calls)),
+    }
+
+
+class Served:
+    def __init__(self, artifact: Path, max_batch: int, max_delay_ms: float, max_queue: int):
+        cmd = [str(VENV_BIN / "vit-serve"), "--artifact", str(artifact), "--port", "0"]
+        cmd += ["--name", "bench", "--max-batch", str(max_batch)]
+        cmd += ["--max-delay-ms", str(max_delay_ms), "--max-queue", str(max_queue)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        match = re.search(r"on (http://\S+)$", line.strip())
+        if not match:
+            raise RuntimeError(f"vit-serve did not start: {line!r}")
+        self.url = match.group(1)
+
+    def rss_mib(self) -> float:
+        import psutil
+
+        return psutil.Process(self.proc.pid).memory_info().rss / 2**20
+
+    def batch_stats(self) -> tuple[float, float]:
+        import httpx
+
+        text = httpx.get(self.url + "/metrics").text
+        get = lambda name: float(re.search(rf"^{name} (\S+)$", text, re.M).group(1))  # noqa: E731
+        return get("vit_serve_batch_size_sum"), get("vit_serve_batch_size_count")
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=60)
+
+
+async def load(url: str, payloads: list[str], clients: int, requests: int) -> dict:
+    """``clients`` tasks sending single-image requests back to back, ``requests`` in all."""
+    import httpx
+
+    latencies: list[float] = []
+    transport_errors: list[str] = []
+    errors = 0
+    next_index = 0
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+
+        async def worker():
+            nonlocal next_index, errors
+            while next_index < requests:
+                i = next_index
+                next_index += 1
+                body = {"model": "bench", "input": [payloads[i % len(payloads)]]}
+                t = time.perf_counter()
+                try:
+                    resp = await client.post("/v1/embeddings", json=body)
+                except httpx.TransportError as exc:  # counted, not fatal: the run goes on
+                    transport_errors.append(repr(exc))
+                    continue
+                latencies.append(time.perf_counter() - t)
+                errors += resp.status_code != 200
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        wall = time.perf_counter() - started
+    lat = np.asarray(latencies) * 1000
+    return {
+        "clients": clients,
+        "requests": requests,
+        "errors": errors + len(transport_errors),
+        "transport_errors": transport_errors[:5],
+        "images_per_s": requests / wall,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+    }
+
+
+def serve_run(server: Served, payloads, clients: int, requests: int) -> dict:
+    asyncio.run(load(server.url, payloads, clients, min(requests, 4 * clients + 16)))  # warm-up
+    s0, c0 = server.batch_stats()
+    result = asyncio.run(load(server.url, payloads, clients, requests))
+    s1, c1 = server.batch_stats()
+    result["mean_batch"] = (s1 - s0) / max(c1 - c0, 1)
+    return result
+
+
+def rss_run(server: Served, payloads, total: int, clients: int = 8) -> dict:
+    asyncio.run(load(server.url, payloads, clients, 1000))  # warm-up
+    after_warmup = server.rss_mib()
+    samples = [(0, after_warmup)]
+    for done in range(1000, total + 1, 1000):
+        asyncio.run(load(server.url, payloads, clients, 1000))
+        samples.append((done, server.rss_mib()))
+    return {
+        "requests": total,
+        "clients": clients,
+        "rss_after_warmup_mib": after_warmup,
+        "rss_end_mib": samples[-1][1],
+        "ratio": samples[-1][1] / after_warmup,
+        "samples": samples,
+    }
+
+
+def bench_model(model: str, args, tmp: Path) -> dict:
+    artifact = ensure_artifact(model)
+    paths = make_images(tmp / model, model)
+    payloads = ["data:image/png;base64," + base64.b64encode(p.read_bytes()).decode() for p in paths]
+    requests = args.requests if model == "default" else args.requests_vit_s16
+    offline_rows = {c: offline(artifact, paths, c, min(requests, 512)) for c in args.concurrency}
+    server = Served(artifact, args.max_batch, args.max_delay_ms, args.max_queue)
+    try:
+        served = [serve_run(server, payloads, c, requests) for c in args.concurrency]
+        rss = rss_run(server, payloads, args.rss_requests) if model == "default" else None
+    finally:
+        exit_code = server.stop()
+    for row in served:
+        row["offline_images_per_s"] = offline_rows[row["clients"]]["images_per_s"]
+        row["ratio_to_offline"] = row["images_per_s"] / row["offline_images_per_s"]
+    return {
+        "artifact": str(artifact.relative_to(ROOT)),
+        "offline": list(offline_rows.values()),
+        "served": served,
+        "rss": rss,
+        "server_exit_code": exit_code,
+    }
+
+
+def targets(result: dict, max_delay_ms: float) -> list[tuple[str, str, str, bool]]:
+    rows = []
+    for model, r in result["models"].items():
+        by_c = {row["clients"]: row for row in r["served"]}
+        off = {row["batch"]: row for row in r["offline"]}
+        if 32 in by_c:
+            ratio = by_c[32]["ratio_to_offline"]
+            rows.append(
+                (
+                    f"{model}: 32 clients vs offline batch 32",
+                    ">= 0.80",
+                    f"{ratio:.2f}",
+                    ratio >= 0.8,
+                )
+            )
+        if 1 in by_c and 1 in off:
+            bound = off[1]["call_p50_ms"] + max_delay_ms + 5
+            p99 = by_c[1]["p99_ms"]
+            rows.append(
+                (f"{model}: p99 at 1 client", f"<= {bound:.1f} ms", f"{p99:.1f} ms", p99 <= bound)
+            )
+        if r["rss"]:
+            ratio = r["rss"]["ratio"]
+            rows.append((f"{model}: RSS end / after warm-up over {r['rss']['requests']} requests",
+                         "<= 1.10", f"{ratio:.3f}", ratio <= 1.1))  # fmt: skip
+    return rows
+
+
+def markdown(result: dict, command: str) -> str:
+    env = result["environment"]
+    lines = [
+        "# vit-serve benchmark",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Machine: {env.get('cpu_model')}, {env.get('cpu_cores_usable')} usable cores; load average "
+        f"before {env.get('load_average_start')}, after {result['load_average_after']} (shared, busy "
+        "machine: the HTTP client runs on the same cores as the server).",
+        f"Server: `--max-batch {result['max_batch']} --max-delay-ms {result['max_delay_ms']}`, "
+        "ONNX Runtime fp32 on the CPU. Offline = `Embedder.embed(paths, batch_size=B)` on the "
+        "same PNGs (decode + preprocess + model), B = the number of clients.",
+        "",
+        "| model | clients | served img/s | p50 ms | p99 ms | mean batch | offline img/s | ratio | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for model, r in result["models"].items():
+        for row in r["served"]:
+            lines.append(
+                f"| {model} | {row['clients']} | {row['images_per_s']:.1f} | {row['p50_ms']:.1f} | "
+                f"{row['p99_ms']:.1f} | {row['mean_batch']:.1f} | {row['offline_images_per_s']:.1f} "
+                f"| {row['ratio_to_offline']:.2f} | {row['errors']} |"
+            )
+    lines += ["", "Offline batch latency (median per `embed` call):", ""]
+    for model, r in result["models"].items():
+        lines.append(
+            f"- {model}: "
+            + ", ".join(f"batch {o['batch']}: {o['call_p50_ms']:.1f} ms" for o in r["offline"])
+        )
+    for model, r in result["models"].items():
+        if r["rss"]:
+            rss = r["rss"]
+            lines += [
+                "",
+                f"Server RSS ({model}, {rss['requests']} requests, {rss['clients']} clients): "
+                f"{rss['rss_after_warmup_mib']:.1f} MiB after warm-up, {rss['rss_end_mib']:.1f} MiB "
+                f"at the end; every 1,000: " + ", ".join(f"{mib:.1f}" for _, mib in rss["samples"]),
+            ]
+    lines += ["", "## Targets", "", "| target | want | measured | met |", "|---|---|---|---|"]
+    for name, want, got, ok in targets(result, result["max_delay_ms"]):
+        lines.append(f"| {name} | {want} | {got} | {'yes' if ok else 'NO'} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default="default,vit-s16")
+    p.add_argument("--concurrency", default="1,8,32")
+    p.add_argument("--requests", type=int, default=2000, help="per level, default model")
+    p.add_argument("--requests-vit-s16", type=int, default=256, help="per level, ViT-S/16")
+    p.add_argument("--rss-requests", type=int, default=10000)
+    p.add_argument("--max-batch", type=int, default=32)
+    p.add_argument("--max-delay-ms", type=float, default=5.0)
+    p.add_argument("--max-queue", type=int, default=256)
+    p.add_argument("--results", type=Path, default=RESULTS)
+    args = p.parse_args()
+    args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    from vit_deploy.bench.environment import collect, load_average
+
+    result = {
+        "environment": collect(),
+        "max_batch": args.max_batch,
+        "max_delay_ms": args.max_delay_ms,
+        "models": {},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in args.models.split(","):
+            print(f"== {model}", flush=True)
+            result["models"][model] = bench_model(model, args, Path(tmp))
+            print(json.dumps(result["models"][model]["served"], indent=1), flush=True)
+    result["load_average_after"] = result["environment"]["load_average_end"] = load_average()
+    command = "python benchmarks/bench_serve.py " + " ".join(sys.argv[1:])
+    result["command"] = command.strip()
+    result["targets"] = [
+        {"target": n, "want": w, "measured": g, "met": ok}
+        for n, w, g, ok in targets(result, args.max_delay_ms)
+    ]
+    args.results.mkdir(parents=True, exist_ok=True)
+    write_atomic(args.results / "results.json", json.dumps(result, indent=2) + "\n")
+    write_atomic(args.results / "results.md", markdown(result, result["command"]))
+    print((args.results / "results.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,302 @@
+"""vit-serve, tested as a client sees it: the real server process on a free loopback port,
+talked to over HTTP. Every answer is compared with ``Embedder`` on the same image files."""
+
+from __future__ import annotations
+
+import base64
+import re
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+from embed_helpers import png_bytes, random_image, tiny_artifact
+from PIL import Image
+
+from vit_deploy.embed.embedder import Embedder
+
+STARTUP_S = 60
+
+
+class Server:
+    """``vit-serve`` in its own process; ``url`` once it printed its address."""
+
+    def __init__(self, artifact, *flags: str):
+        cmd = [sys.executable, "-m", "vit_deploy.cli.serve", "--artifact", str(artifact)]
+        cmd += ["--port", "0", "--name", "tiny", "--threads", "1", "--decode-threads", "2"]
+        self.proc = subprocess.Popen(
+            [*cmd, *flags], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        line = _readline(self.proc, STARTUP_S)
+        match = re.search(r"on (http://\S+)$", line.strip())
+        assert match, f"no address line, got {line!r}; stderr: {self.proc.stderr.read()}"
+        self.url = match.group(1)
+        self.client = httpx.Client(base_url=self.url, timeout=30)
+        assert self.client.get("/ready").status_code == 200
+
+    def stop(self) -> int:
+        self.client.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=30)
+
+
+def _readline(proc, timeout: float) -> str:
+    out: list[str] = []
+    reader = threading.Thread(target=lambda: out.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    return out[0] if out else ""
+
+
+def data_uri(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode()
+
+
+def assert_clean_error(resp, status: int) -> dict:
+    """The status, our error shape, and nothing of a traceback."""
+    assert resp.status_code == status, resp.text
+    assert "Traceback" not in resp.text and 'File "' not in resp.text
+    return resp.json()["error"]
+
+
+def metric(text: str, name: str, **labels) -> float:
+    sel = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    pattern = rf"^{re.escape(name)}{re.escape('{' + sel + '}') if sel else ''} (\S+)$"
+    found = re.search(pattern, text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    return tiny_artifact(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def embedder(artifact):
+    return Embedder.from_artifact(artifact)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """PNG files of assorted sizes and modes: (paths, bytes)."""
+    root = tmp_path_factory.mktemp("serve-images")
+    rng = np.random.default_rng(1)
+    paths, blobs = [], []
+    for i, mode in enumerate(["RGB", "L", "RGBA", "P"] * 6):
+        img = random_image(rng, int(rng.integers(20, 70)), int(rng.integers(20, 70)), mode)
+        data = png_bytes(img)
+        (root / f"{i}.png").write_bytes(data)
+        paths.append(str(root / f"{i}.png"))
+        blobs.append(data)
+    return paths, blobs
+
+
+@pytest.fixture(scope="module")
+def server(artifact):
+    srv = Server(
+        artifact,
+        *("--max-batch", "8", "--max-delay-ms", "50", "--max-queue", "64"),
+        *("--max-body-mb", "1", "--max-pixels", "100000"),
+    )
+    yield srv
+    assert srv.stop() == 0
+
+
+def test_embeddings_equal_embedder_under_concurrency(server, embedder, images):
+    paths, blobs = images
+    expected = embedder.embed(paths)
+    assert not np.isnan(expected).any()
+
+    def one(i):
+        return server.client.post(
+            "/v1/embeddings", json={"model": "tiny", "input": data_uri(blobs[i])}
+        )
+
+    with ThreadPoolExecutor(len(blobs)) as pool:
+        responses = list(pool.map(one, range(len(blobs))))
+    got = []
+    for resp in responses:
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        assert body["object"] == "list" and body["model"] == "tiny"
+        assert body["usage"]["images"] == 1 and body["usage"]["total_tokens"] == 17
+        got.append(body["data"][0]["embedding"])
+    got = np.asarray(got, np.float32)
+    assert not np.isnan(got).any()
+    assert np.abs(got - expected).max() <= 1e-6
+
+    metrics = server.client.get("/metrics").text
+    calls = metric(metrics, "vit_serve_batch_size_count")
+    singles = metric(metrics, "vit_serve_batch_size_bucket", le="1.0")
+    assert calls > singles, "no model call ran more than one image under concurrency"
+
+
+def test_one_request_of_many_images_and_base64(server, embedder, images):
+    paths, blobs = images
+    raw = [base64.b64encode(b).decode() for b in blobs[:10]]  # raw base64, no data: prefix
+    resp = server.client.post("/v1/embeddings", json={"input": raw, "encoding_format": "base64"})
+    assert resp.status_code == 200, resp.text
+    data = resp.json()["data"]
+    assert [d["index"] for d in data] == list(range(10))
+    got = np.stack([np.frombuffer(base64.b64decode(d["embedding"]), "<f4") for d in data])
+    assert np.abs(got - embedder.embed(paths[:10])).max() <= 1e-6
+
+
+def test_classify_equals_embedder(server, embedder, images):
+    paths, blobs = images
+    resp = server.client.post(
+        "/v1/classify",
+        json={"model": "tiny", "input": [data_uri(b) for b in blobs[:4]], "top_k": 2},
+    )
+    assert resp.status_code == 200, resp.text
+    expected = embedder.classify(paths[:4], top_k=2)
+    for row, want in zip(resp.json()["data"], expected, strict=True):
+        assert [x["label"] for x in row["labels"]] == [label for label, _ in want]
+        probs = [x["probability"] for x in row["labels"]]
+        assert np.allclose(probs, [p for _, p in want], atol=1e-6, rtol=0)
+
+
+def test_bad_image_fails_only_its_own_request(server, images):
+    _, blobs = images
+    good = data_uri(blobs[0])
+    cut = data_uri(blobs[1][: len(blobs[1]) // 2])
+    not_image = data_uri(b"this is text, not a PNG")
+    cases = {
+        "truncated": [good, cut],
+        "not an image": [good, good, not_image],
+        "not base64": [good, "%%%not base64%%%"],
+        "a URL": ["https://example.com/cat.png"],
+    }
+
+    def post(inputs):
+        return server.client.post("/v1/embeddings", json={"model": "tiny", "input": inputs})
+
+    with ThreadPoolExecutor(8) as pool:
+        bad = {k: pool.submit(post, v) for k, v in cases.items()}
+        goods = [pool.submit(post, [good]) for _ in range(4)]  # batched alongside the bad ones
+        for what, fut in bad.items():
+            err = assert_clean_error(fut.result(), 400)
+            index = len(cases[what]) - 1
+            assert f"input[{index}]" in err["message"] and err["param"] == f"input[{index}]", what
+        for fut in goods:
+            assert fut.result().status_code == 200
+
+
+def test_too_many_pixels_refused_before_decoding(server):
+    # A real PNG header claiming 2000x2000 (over --max-pixels 100000) with the pixel data
+    # of a 4x4 image: decoding it would fail as truncated; the answer must be the limit.
+    png = png_bytes(Image.new("RGB", (4, 4)))
+    ihdr = b"IHDR" + struct.pack(">II", 2000, 2000) + png[24:29]
+    forged = png[:12] + ihdr + struct.pack(">I", zlib.crc32(ihdr)) + png[33:]
+    resp = server.client.post("/v1/embeddings", json={"input": [data_uri(forged)]})
+    err = assert_clean_error(resp, 400)
+    assert "2000x2000" in err["message"] and "not decoded" in err["message"]
+
+
+def test_size_limits_and_bad_requests(server, images):
+    _, blobs = images
+    big = "A" * (1024 * 1024 + 100)  # over --max-body-mb 1
+    assert_clean_error(server.client.post("/v1/embeddings", json={"input": [big]}), 413)
+    assert_clean_error(
+        server.client.post("/v1/embeddings", json={"model": "nope", "input": data_uri(blobs[0])}),
+        404,
+    )
+    assert_clean_error(server.client.post("/v1/embeddings", content=b"{not json"), 400)
+    assert_clean_error(server.client.post("/v1/embeddings", json={"model": "tiny"}), 400)
+    assert_clean_error(server.client.post("/v1/embeddings", json={"input": []}), 400)
+    too_many = {"input": [data_uri(blobs[0])] * 65}  # more than --max-queue could ever hold
+    assert_clean_error(server.client.post("/v1/embeddings", json=too_many), 413)
+    dims = {"input": data_uri(blobs[0]), "dimensions": 7}
+    assert (
+        "dimensions"
+        in assert_clean_error(server.client.post("/v1/embeddings", json=dims), 400)["message"]
+    )
+    assert_clean_error(server.client.get("/v1/nothing-here"), 404)
+
+
+def test_health_ready_metrics(server):
+    assert server.client.get("/health").json() == {"status": "ok"}
+    ready = server.client.get("/ready").json()
+    assert ready["status"] == "ready" and ready["model"] == "tiny" and ready["dim"] == 32
+    resp = server.client.get("/metrics")
+    assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/plain")
+    text = resp.text
+    for name in (
+        "vit_serve_requests_total",
+        "vit_serve_images_total",
+        "vit_serve_batch_size_bucket",
+        "vit_serve_queue_depth",
+        "vit_serve_queue_wait_seconds_bucket",
+        "vit_serve_model_seconds_bucket",
+    ):
+        assert name in text, name
+    assert metric(text, "vit_serve_requests_total", endpoint="embeddings", outcome="ok") >= 1
+    assert metric(text, "vit_serve_queue_depth") == 0
+    assert server.client.get("/v1/models").json()["data"][0]["id"] == "tiny"
+
+
+@pytest.fixture(scope="module")
+def slow_server(artifact):
+    """A long batching window and a 4-image queue: overload and drain, deterministically."""
+    srv = Server(artifact, "--max-batch", "8", "--max-delay-ms", "1500", "--max-queue", "4")
+    yield srv
+    srv.stop()
+
+
+def test_full_queue_gets_503_with_retry_after(slow_server, images):
+    _, blobs = images
+    body = {"input": [data_uri(b) for b in blobs[:4]]}
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(slow_server.client.post, "/v1/embeddings", json=body)
+        time.sleep(0.4)  # the 4 images now wait (1.5 s window, batch of 8 not full)
+        resp = slow_server.client.post("/v1/embeddings", json={"input": data_uri(blobs[0])})
+        err = assert_clean_error(resp, 503)
+        assert "overloaded" in err["message"] and int(resp.headers["retry-after"]) >= 1
+        assert first.result().status_code == 200
+    metrics = slow_server.client.get("/metrics").text
+    assert metric(metrics, "vit_serve_requests_total", endpoint="embeddings", outcome="overloaded")
+
+
+def test_sigterm_drains_in_flight_request(slow_server, images):
+    _, blobs = images
+    with ThreadPoolExecutor(1) as pool:
+        started = time.perf_counter()
+        pending = pool.submit(
+            slow_server.client.post, "/v1/embeddings", json={"input": data_uri(blobs[0])}
+        )
+        time.sleep(0.4)  # in the queue, 1.1 s of its window left
+        slow_server.proc.send_signal(signal.SIGTERM)
+        resp = pending.result()
+    assert resp.status_code == 200 and len(resp.json()["data"]) == 1
+    assert time.perf_counter() - started >= 1.0  # it was answered after the signal, not before
+    assert slow_server.proc.wait(timeout=30) == 0
+
+
+def test_model_that_fails_to_load_exits_before_binding(tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "manifest.json").write_text("{not json")
+    with socket.socket() as probe:  # a port nobody listens on; the server must not bind it
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for artifact in (tmp_path / "missing", broken):
+        run = subprocess.run(
+            [sys.executable, "-m", "vit_deploy.cli.serve", "--artifact", str(artifact)]
+            + ["--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=STARTUP_S,
+        )
+        assert run.returncode != 0
+        assert run.stdout == ""  # never announced an address
+        lines = run.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("vit-serve: error:"), run.stderr

@@ -1,0 +1,287 @@
+"""The HTTP app: OpenAI-shaped embeddings, top-k classification, health and metrics.
+
+FastAPI on uvicorn: a well-kept ASGI stack with graceful shutdown on SIGTERM (finish
+in-flight requests, then exit); the batching is ours (``batcher.py``) because every
+image must go through the artifact's own preprocessing and fail alone.
+
+A request: body read up to ``max_body_bytes`` (413), parsed (400), model name checked
+(404), queue room checked before any decoding (503 + Retry-After), images decoded and
+preprocessed in a thread pool (400 naming the first bad index), then batched with
+other requests' images. ``create_app(embedder, ...)`` takes a loaded, warmed ``Embedder``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from vit_deploy.embed.embedder import l2_normalize
+from vit_deploy.errors import ArtifactError
+from vit_deploy.serve.batcher import DynamicBatcher, QueueFullError
+from vit_deploy.serve.decode import DEFAULT_MAX_PIXELS, ImageInputError, decode_to_pixels
+from vit_deploy.serve.metrics import CONTENT_TYPE, ServeMetrics
+from vit_deploy.serve.schemas import (
+    ClassifyRequest,
+    EmbeddingsRequest,
+    HTTPError,
+    encode_embedding,
+    parse_request,
+)
+
+log = logging.getLogger("vit_deploy.serve")
+OUTCOMES = {200: "ok", 400: "bad_request", 404: "not_found", 413: "too_large", 503: "overloaded"}
+RETRY_AFTER_S = "1"
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    max_batch: int = 32
+    max_delay_ms: float = 5.0
+    max_queue: int = 256  # images admitted and unanswered
+    max_body_bytes: int = 32 * 2**20
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    decode_threads: int = max(1, min(4, os.cpu_count() or 1))
+
+
+def classifier_problem(embedder) -> str | None:
+    """Why ``/v1/classify`` cannot answer for this model (None: it can)."""
+    cfg, names = embedder.config, embedder.backend.output_names
+    if not cfg.num_classes or "logits" not in names:
+        return f"model has no classification head (outputs: {', '.join(names)})"
+    if len(embedder.labels) != cfg.num_classes:
+        return f"model has {cfg.num_classes} classes but {len(embedder.labels)} label names"
+    return None
+
+
+def top_k(logits: np.ndarray, labels, k: int) -> list[list[tuple[str, float]]]:
+    """Per row, the k most probable (label, probability): ``Embedder.classify``'s arithmetic."""
+    logits = np.asarray(logits, dtype=np.float64)
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return [[(labels[i], float(r[i])) for i in idx] for r, idx in zip(probs, top, strict=True)]
+
+
+class _Service:
+    """The state one app holds: the model, its batcher, the decode pool, the metrics."""
+
+    def __init__(self, embedder, name: str, settings: ServeSettings):
+        self.embedder = embedder
+        self.name = name
+        self.settings = settings
+        self.metrics = ServeMetrics(settings.max_batch)
+        self.batcher = DynamicBatcher(
+            embedder.run,
+            max_batch=settings.max_batch,
+            max_delay_s=settings.max_delay_ms / 1000.0,
+            max_queue=settings.max_queue,
+            metrics=self.metrics,
+        )
+        self.decoders = ThreadPoolExecutor(settings.decode_threads, "vit-serve-decode")
+        self.classify_problem = classifier_problem(embedder)
+        cfg = embedder.config
+        self.tokens_per_image = (cfg.img_size // cfg.patch_size) ** 2 + int(cfg.class_token)
+
+    async def read_body(self, request: Request) -> bytes:
+        limit = self.settings.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise HTTPError(413, f"expected a body of at most {limit} bytes, got {declared}")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise HTTPError(413, f"expected a body of at most {limit} bytes, got more")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def check(self, req) -> list[str]:
+        if req.model is not None and req.model != self.name:
+            raise HTTPError(404, f"model: expected {self.name!r}, got {req.model!r}", param="model")
+        images = req.images
+        if not images:
+            raise HTTPError(400, "input: expected at least one image, got none", param="input")
+        if len(images) > self.settings.max_queue:
+            raise HTTPError(
+                413, f"input: expected at most {self.settings.max_queue} images, got {len(images)}",
+                param="input",
+            )  # fmt: skip
+        self.check_room(len(images))
+        return images
+
+    def check_room(self, n: int) -> None:
+        if not self.batcher.has_room(n):
+            raise self.overloaded(n)
+
+    @staticmethod
+    def overloaded(n: int) -> HTTPError:
+        return HTTPError(
+            503, f"server overloaded: the queue has no room for {n} image(s); retry later",
+            headers={"Retry-After": RETRY_AFTER_S}, images=n,
+        )  # fmt: skip
+
+    async def pixels(self, images: list[str]) -> list[np.ndarray]:
+        loop = asyncio.get_running_loop()
+        jobs = [loop.run_in_executor(self.decoders, self._decode, im) for im in images]
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        for i, res in enumerate(results):
+            if isinstance(res, ImageInputError):
+                raise HTTPError(400, f"input[{i}]: {res}", param=f"input[{i}]", images=len(images))
+            if isinstance(res, BaseException):
+                raise res
+        return results
+
+    def _decode(self, image: str) -> np.ndarray:
+        started = time.perf_counter()
+        px = decode_to_pixels(image, self.embedder.preprocess, self.settings.max_pixels)
+        self.metrics.decode_time.observe(time.perf_counter() - started)
+        return px
+
+    async def run(self, images: list[str]) -> list[dict[str, np.ndarray]]:
+        pixels = await self.pixels(images)
+        try:
+            return await self.batcher.submit(pixels)
+        except QueueFullError:  # filled up while we decoded
+            raise self.overloaded(len(pixels)) from None
+
+    def usage(self, n: int) -> dict:
+        tokens = n * self.tokens_per_image
+        return {"prompt_tokens": tokens, "total_tokens": tokens, "images": n}
+
+
+def create_app(embedder, *, name: str, settings: ServeSettings | None = None) -> FastAPI:
+    """The app for one loaded, warmed ``Embedder``, served as model ``name``.
+
+    ``app.state.is_draining`` (a callable) makes ``/ready`` answer 503 once shutdown began.
+    """
+    svc = _Service(embedder, name, settings or ServeSettings())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        svc.batcher.start()
+        try:
+            yield
+        finally:
+            await svc.batcher.stop()
+            svc.decoders.shutdown(wait=True)
+
+    app = FastAPI(title="vit-serve", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.service = svc
+    app.state.is_draining = lambda: False
+
+    def answer(endpoint: str, started: float, status: int, body: dict, headers=None, n=0):
+        outcome = OUTCOMES.get(status, "error")
+        svc.metrics.requests.labels(endpoint, outcome).inc()
+        if n:
+            svc.metrics.images.labels(outcome).inc(n)
+        svc.metrics.request_time.labels(endpoint).observe(time.perf_counter() - started)
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    async def handle(endpoint: str, request: Request, schema, respond):
+        started = time.perf_counter()
+        n = 0
+        try:
+            req = parse_request(schema, await svc.read_body(request))
+            images = svc.check(req)
+            n = len(images)
+            if getattr(req, "dimensions", None) not in (None, embedder.dim):
+                raise HTTPError(
+                    400, f"dimensions: expected {embedder.dim} (this model's), got {req.dimensions}",
+                    param="dimensions",
+                )  # fmt: skip
+            body = respond(req, await svc.run(images))
+            return answer(endpoint, started, 200, body, n=n)
+        except HTTPError as err:
+            return answer(endpoint, started, err.status, err.body(), err.headers, err.images or n)
+        except Exception:  # noqa: BLE001 - logged here, never shown to the client
+            log.exception("%s failed", endpoint)
+            err = HTTPError(500, "internal error: the request failed in the server")
+            return answer(endpoint, started, 500, err.body(), n=n)
+
+    def embeddings_body(req: EmbeddingsRequest, rows) -> dict:
+        vectors = l2_normalize(np.stack([r["embedding"] for r in rows]).astype(np.float32))
+        data = [
+            {"object": "embedding", "index": i, "embedding": encode_embedding(v, req.encoding_format)}
+            for i, v in enumerate(vectors)
+        ]  # fmt: skip
+        return {"object": "list", "data": data, "model": name, "usage": svc.usage(len(rows))}
+
+    def classify_body(req: ClassifyRequest, rows) -> dict:
+        k = min(req.top_k, len(embedder.labels))
+        ranked = top_k(np.stack([r["logits"] for r in rows]), embedder.labels, k)
+        data = [
+            {"object": "classification", "index": i,
+             "labels": [{"label": label, "probability": p} for label, p in pairs]}
+            for i, pairs in enumerate(ranked)
+        ]  # fmt: skip
+        return {"object": "list", "data": data, "model": name, "usage": svc.usage(len(rows))}
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request):
+        return await handle("embeddings", request, EmbeddingsRequest, embeddings_body)
+
+    @app.post("/v1/classify")
+    async def classify(request: Request):
+        if svc.classify_problem is not None:
+            err = HTTPError(400, f"classify: {svc.classify_problem}; use /v1/embeddings")
+            return answer("classify", time.perf_counter(), 400, err.body())
+        return await handle("classify", request, ClassifyRequest, classify_body)
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "local"}]}
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready():
+        if app.state.is_draining():
+            return JSONResponse({"status": "draining"}, status_code=503)
+        return {"status": "ready", "model": name, "backend": embedder.name, "dim": embedder.dim}
+
+    @app.get("/metrics")
+    async def metrics():
+        return Response(svc.metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, exc):  # 404 / 405 for unknown routes, in our error shape
+        err = HTTPError(exc.status_code, str(exc.detail))
+        return JSONResponse(err.body(), status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request, exc):
+        return JSONResponse(HTTPError(400, "invalid request").body(), status_code=400)
+
+    @app.exception_handler(Exception)
+    async def server_error(request, exc):  # last resort: log it, show no traceback
+        log.exception("unhandled error")
+        return JSONResponse(HTTPError(500, "internal error").body(), status_code=500)
+
+    return app
+
+
+def warm_up(embedder, max_batch: int) -> None:
+    """One call at batch 1 and one at ``max_batch``: allocations and lazy init happen now,
+    not in the first client's latency. Raises if the model's outputs are not finite."""
+    cfg = embedder.config
+    for b in sorted({1, max_batch}):
+        out = embedder.run(np.zeros((b, cfg.in_chans, cfg.img_size, cfg.img_size), np.float32))
+        for key, value in out.items():
+            if not np.isfinite(np.asarray(value)).all():
+                raise ArtifactError(f"warm-up: expected finite {key!r} outputs, got NaN or Inf")
+
+
+__all__ = ["ServeSettings", "classifier_problem", "create_app", "top_k", "warm_up"]
