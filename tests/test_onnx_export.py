@@ -435,7 +435,10 @@ def test_cli_exports_the_default_model(default_exports, precision):
             "multiple of the patch size 16, got 100",
         ),
         (["--opset", "16"], "opset: expected an int in [17, 23]"),
-        (["--precision", "bf16"], "precision: expected one of ('fp32', 'fp16'), got 'bf16'"),
+        (
+            ["--precision", "bf8"],
+            "--precision: expected one of ('fp32', 'fp16', 'int8'), got 'bf8'",
+        ),
         (["--outputs", "logits,probs"], "outputs: expected distinct names"),
         (["--fmt", "tflite"], "--fmt: expected one of ['onnx', 'trt'], got 'tflite'"),
     ],

@@ -161,8 +161,10 @@ def test_precision_defaults_per_format():
     assert trt_precision.resolve_precision("trt", None) == "fp16"
     assert trt_precision.resolve_precision("onnx", None) == "fp32"
     assert trt_precision.resolve_precision("trt", "fp32") == "fp32"
-    with pytest.raises(ConfigError, match="expected one of"):
+    with pytest.raises(ConfigError, match="expected fp32 or fp16 for a TensorRT engine"):
         trt_precision.resolve_precision("trt", "int8")
+    with pytest.raises(ConfigError, match="expected one of"):
+        trt_precision.resolve_precision("trt", "bf8")
 
 
 # ------------------------------------------------------------------ fp32 escalation
