@@ -18,6 +18,7 @@ from vit_deploy.cli.embed import main
 from vit_deploy.embed.embedder import Embedder
 from vit_deploy.embed.pipeline import read_embeddings
 from vit_deploy.embed.ray_data import EmbedBatch
+from vit_deploy.preprocess import DecodeOptions
 
 ray = pytest.importorskip("ray")
 
@@ -134,6 +135,19 @@ def test_embed_batch_without_ray(artifact, embedder, folder):
     row = np.asarray(emb[0].as_py(), np.float32)
     assert not np.isnan(row).any()
     np.testing.assert_allclose(row, embedder.embed(good)[0], atol=ATOL)
+
+
+def test_embed_batch_on_bytes_uses_the_decode_options(artifact, embedder, folder):
+    root, files = folder
+    good = files["good"][0]
+    data = [open(good, "rb").read(), (root / "truncated.png").read_bytes(), b""]
+    out = EmbedBatch(artifact)(pa.table({"bytes": data}))
+    errors = out.column("error").to_pylist()
+    assert errors[0] is None and "truncated" in errors[1] and errors[2] == "empty file (0 bytes)"
+    row = np.asarray(out.column("embedding")[0].as_py(), np.float32)
+    np.testing.assert_allclose(row, embedder.embed(good)[0], atol=ATOL)
+    small = EmbedBatch(artifact, decode=DecodeOptions(max_pixels=100))(pa.table({"bytes": data}))
+    assert small.column("error")[0].as_py().startswith("ImageTooLargeError")
 
 
 def test_cli_ray_equals_local_vit_embed(ray_local, artifact, folder, local_parquet, tmp_path):

@@ -22,7 +22,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, BinaryIO, TypeAlias
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
@@ -111,13 +111,16 @@ def check_pixel_limit(size: tuple[int, int], max_pixels: int | None) -> None:
         )
 
 
-def load_image(path: str | os.PathLike, decode: DecodeOptions | None = None) -> Image.Image:
-    """Decode an image file fully (truncated files raise), turned by its EXIF orientation
-    and converted to RGB; the pixel limit is checked on the header, before decoding."""
+def load_image(
+    path: str | os.PathLike | BinaryIO, decode: DecodeOptions | None = None
+) -> Image.Image:
+    """Decode an image file (a path, or an open binary file such as ``io.BytesIO(data)``)
+    fully (truncated files raise), turned by its EXIF orientation and converted to RGB;
+    the pixel limit is checked on the header, before decoding."""
     decode = decode or DecodeOptions()
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
-        img = Image.open(Path(path))
+        img = Image.open(path if hasattr(path, "read") else Path(path))
     except Image.DecompressionBombError as exc:  # over Pillow's own hard limit
         raise ImageTooLargeError(
             f"{exc} (Pillow's limit, PIL.Image.MAX_IMAGE_PIXELS, applies beyond ours)"

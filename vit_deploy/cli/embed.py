@@ -193,6 +193,7 @@ def _main_ray(args) -> int:
                      "--actors and --actor-threads")  # fmt: skip
     from vit_deploy.embed.pipeline import OutputPlan, discover
     from vit_deploy.embed.ray_files import embed_files_ray
+    from vit_deploy.preprocess import DecodeOptions
 
     try:
         OutputPlan.for_output(args.out, args.errors)  # unwritable or unknown --out: no work done
@@ -211,6 +212,7 @@ def _main_ray(args) -> int:
             actors=args.actors or 1,
             actor_threads=args.actor_threads,
             progress=not args.quiet,
+            decode=DecodeOptions(**_decode_options(args)),
         )
     except ViTDeployError as exc:
         return _fail(str(exc))

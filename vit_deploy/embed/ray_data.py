@@ -34,12 +34,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-from PIL import Image, ImageFile
 
 from vit_deploy.embed.embedder import Embedder
 from vit_deploy.embed.pipeline import DEFAULT_BATCH_SIZE, MAX_REASON, _decode
 from vit_deploy.errors import ConfigError
-from vit_deploy.preprocess import preprocess_pil
+from vit_deploy.preprocess import DecodeOptions, load_image, preprocess_pil
 
 IMAGE_COLUMNS = ("bytes", "path")  # the image column, in order of preference
 EMBEDDING, ERROR = "embedding", "error"
@@ -54,7 +53,8 @@ class EmbedBatch:
     actor can read); default the first of ``IMAGE_COLUMNS`` present. ``size_column``: for
     path inputs, a column with each file's size at discovery (vit-embed passes it, so an
     empty file is named as such); ``fmt``: the output format the reasons are checked for
-    (a line break in a path cannot go into ``.npy``'s ``.paths.txt``).
+    (a line break in a path cannot go into ``.npy``'s ``.paths.txt``); ``decode``: EXIF
+    orientation and pixel limit, as vit-embed's ``--exif-transpose``/``--max-pixels``.
     """
 
     def __init__(
@@ -67,14 +67,11 @@ class EmbedBatch:
         column: str | None = None,
         size_column: str | None = None,
         fmt: str = "parquet",
+        decode: DecodeOptions | None = None,
     ):
         self.embedder = Embedder.from_artifact(artifact, backend=backend, **(backend_kw or {}))
-        self.normalize, self.column, self.size_column, self.fmt = (
-            normalize,
-            column,
-            size_column,
-            fmt,
-        )
+        self.normalize, self.column, self.size_column = normalize, column, size_column
+        self.fmt, self.decode_options = fmt, decode or DecodeOptions()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         column = self.column or _image_column(batch.column_names)
@@ -99,12 +96,12 @@ class EmbedBatch:
         """Preprocessed pixels, or the reason why this image gives none (as vit-embed says it)."""
         pre = self.embedder.preprocess
         if isinstance(image, (bytes, bytearray, memoryview)):
-            return _decode_bytes(bytes(image), pre)
+            return _decode_bytes(bytes(image), pre, self.decode_options)
         if image is None:
             return "no image (null in the input column)"
         if size is None:
             size = _size(image)
-        return _decode(image, size, pre, self.fmt)
+        return _decode(image, size, pre, self.fmt, self.decode_options)
 
 
 def _image_column(names: list[str]) -> str:
@@ -124,15 +121,12 @@ def _size(path: str) -> int:
         return -1  # let the decoder say why (no such file, a folder, ...)
 
 
-def _decode_bytes(data: bytes, pre) -> np.ndarray | str:
-    """An encoded file's bytes -> pixels; the same checks as reading it from disk."""
+def _decode_bytes(data: bytes, pre, decode: DecodeOptions) -> np.ndarray | str:
+    """An encoded file's bytes -> pixels, through the same loader as a file on disk."""
     if not data:
         return "empty file (0 bytes)"
     try:
-        ImageFile.LOAD_TRUNCATED_IMAGES = False  # as preprocess.load_image: truncated raises
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            return preprocess_pil(img, pre)
+        return preprocess_pil(load_image(io.BytesIO(data), decode), pre)
     except Exception as exc:  # every decoder failure is an error row
         text = " ".join(str(exc).split()) or "no message"
         return f"{type(exc).__name__}: {text}"[:MAX_REASON]
@@ -173,6 +167,7 @@ def embed_dataset(
     actors: int = 1,
     actor_threads: int | None = None,
     num_gpus: float | None = None,
+    decode: DecodeOptions | None = None,
     batch_fn: type[EmbedBatch] = EmbedBatch,
     **batch_kw,
 ):
@@ -180,8 +175,12 @@ def embed_dataset(
 
     ``actors`` actors each load ``artifact`` once (``backend``: any runtime backend;
     ``trt`` actors get ``num_gpus=1`` unless ``num_gpus`` says otherwise) and embed
-    ``batch_size`` images per call. ``batch_fn``: the callable class (a subclass of
-    ``EmbedBatch``); ``batch_kw``: more of its constructor's keywords.
+    ``batch_size`` images per call. ``decode``: EXIF orientation and pixel limit
+    (``DecodeOptions``). ``batch_fn``: the callable class (a subclass of ``EmbedBatch``);
+    ``batch_kw``: more of its constructor's keywords.
+
+    Leave CPUs for the read tasks: on a two-CPU machine, two one-CPU actors take both and
+    a ``read_binary_files`` source waits for ever.
     """
     return map_embed(
         ds,
@@ -192,6 +191,7 @@ def embed_dataset(
         batch_fn=batch_fn,
         normalize=normalize,
         column=column,
+        decode=decode,
         **batch_kw,
     )
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +37,8 @@ from vit_deploy.embed.pipeline import (
 from vit_deploy.embed.ray_data import ERROR, ActorOptions, EmbedBatch, map_embed
 from vit_deploy.embed.workdir import WorkDir, merge
 from vit_deploy.errors import BackendUnavailableError
+from vit_deploy.preprocess import DecodeOptions
+from vit_deploy.storage import remove_stale_temps
 
 
 @dataclass(frozen=True)
@@ -114,29 +115,40 @@ def embed_files_ray(
     progress: bool = True,
     on_chunk: Callable[[int], None] | None = None,
     batch_fn: type[EmbedBatch] = EmbedBatch,
+    decode: DecodeOptions | None = None,
 ) -> tuple[EmbedResult, ArtifactInfo]:
     """``pipeline.embed_files`` with the model on ``actors`` Ray actors (see the module
-    doc). ``on_chunk`` and ``batch_fn``: as in ``embed_files`` and ``embed_dataset``."""
+    doc). ``on_chunk`` and ``batch_fn``: as in ``embed_files`` and ``embed_dataset``;
+    ``decode``: EXIF orientation and pixel limit (``DecodeOptions``)."""
     options = ActorOptions(actors, actor_threads)
     plan = OutputPlan.for_output(out, errors)  # before any work: fail fast on a bad --out
     inputs = discover(images)
     with ray_session(address, quiet=not progress):
         info = describe_artifact(artifact, backend, options)
-        work = WorkDir.open(plan.work, work_meta(info.fingerprint, info.dim, normalize), resume)
-        done = work.finished(inputs)
-        todo = np.flatnonzero(~done)
-        start = time.perf_counter()
-        if len(todo):
-            ds = _todo_dataset(inputs, todo, batch_size)
-            embedded = map_embed(
-                ds, artifact, options, backend=backend, batch_size=batch_size,
-                batch_fn=batch_fn, normalize=normalize, column="path", size_column="size",
-                fmt=plan.fmt,
-            )  # fmt: skip
-            _write_chunks(embedded, inputs, todo, work, chunk_rows, info.dim, progress, on_chunk)
-        seconds = time.perf_counter() - start
-    rows, failed = merge(work, inputs, plan, info.dim)
-    shutil.rmtree(work.path)
+        meta = work_meta(info.fingerprint, info.dim, normalize)
+        work = WorkDir.open(plan.work, meta, resume)  # the output's lock, held until finish
+        try:
+            for path in (plan.out, plan.errors, plan.paths):
+                if path is not None:
+                    remove_stale_temps(path)
+            done = work.finished(inputs)
+            todo = np.flatnonzero(~done)
+            start = time.perf_counter()
+            if len(todo):
+                ds = _todo_dataset(inputs, todo, batch_size)
+                embedded = map_embed(
+                    ds, artifact, options, backend=backend, batch_size=batch_size,
+                    batch_fn=batch_fn, normalize=normalize, column="path", size_column="size",
+                    fmt=plan.fmt, decode=decode,
+                )  # fmt: skip
+                _write_chunks(
+                    embedded, inputs, todo, work, chunk_rows, info.dim, progress, on_chunk
+                )
+            seconds = time.perf_counter() - start
+            rows, failed = merge(work, inputs, plan, info.dim)
+            work.finish()
+        finally:
+            work.close()
     result = EmbedResult(
         out=plan.out,
         errors_file=plan.errors,
