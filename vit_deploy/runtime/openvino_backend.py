@@ -24,7 +24,7 @@ import numpy as np
 
 from vit_deploy.config import ViTConfig
 from vit_deploy.errors import ArtifactError, BackendUnavailableError, ConfigError
-from vit_deploy.manifest import read_manifest, verify_checksum
+from vit_deploy.manifest import artifact_path, check_graph_io, read_manifest, verify_checksum
 from vit_deploy.runtime.base import INPUT_NAME, Backend
 
 PRECISION_HINTS = ("f32", "bf16")
@@ -65,6 +65,17 @@ def verified_hints(manifest: dict | None) -> dict[str, dict]:
     return ((manifest or {}).get("serving") or {}).get("openvino") or {}
 
 
+def graph_io(compiled) -> tuple[list[tuple], list[tuple]]:
+    """([(name, dtype, shape)] of the inputs, the same of the outputs) of a compiled model;
+    a dynamic dim as None."""
+
+    def port(p):
+        dims = [None if d.is_dynamic else d.get_length() for d in p.get_partial_shape()]
+        return (p.get_any_name(), p.get_element_type().to_dtype(), dims)
+
+    return [port(p) for p in compiled.inputs], [port(p) for p in compiled.outputs]
+
+
 class OpenVinoBackend(Backend):
     name = "openvino"
     thread_safe = True  # one InferRequest per concurrent call, from a pool
@@ -77,6 +88,8 @@ class OpenVinoBackend(Backend):
         source: str = "model",
         precision: str = "f32",
     ):
+        if manifest is not None:  # before the checks below: say what the manifest gets wrong
+            check_graph_io(manifest, *graph_io(compiled), source=source)
         outputs = [o.get_any_name() for o in compiled.outputs]
         unknown = [n for n in outputs if n not in OUTPUT_NAMES]
         if unknown:
@@ -163,7 +176,7 @@ class OpenVinoBackend(Backend):
                     f"(vit-export ... --verify-openvino {precision}), got {got}"
                 )
         return cls.from_onnx(
-            directory / manifest["artifact"]["file"],
+            artifact_path(directory, manifest["artifact"]["file"]),
             ViTConfig.from_dict(manifest["model"]),
             precision=precision,
             threads=threads,

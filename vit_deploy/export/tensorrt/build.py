@@ -13,6 +13,7 @@ import TensorRT.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,8 @@ from vit_deploy.errors import ConfigError, ExportError
 OPT_LEVELS = range(0, 6)  # IBuilderConfig.builder_optimization_level: 0..5, TensorRT's default 3
 DEFAULT_OPT_LEVEL = 3
 DEFAULT_WORKSPACE_GIB = 4.0
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -118,8 +121,19 @@ def build_engine(
         # https://docs.nvidia.com/deeplearning/tensorrt/api/python_api/infer/Core/TimingCache.html
         from vit_deploy.storage import output_lock
 
-        with output_lock(cache_path, wait=None):  # concurrent builds sharing one cache
-            write_atomic(cache_path, bytes(config.get_timing_cache().serialize()))
+        # concurrent builds sharing one cache: read, merge and write under its lock, so
+        # a build that finished meanwhile keeps its entries (Polygraphy does the same)
+        with output_lock(cache_path, wait=None, what="TensorRT timing cache"):
+            ours = config.get_timing_cache()
+            now = cache_path.read_bytes() if cache_path.is_file() else b""
+            # ITimingCache.combine(input_cache, ignore_mismatch) -> bool
+            # https://docs.nvidia.com/deeplearning/tensorrt/api/python_api/infer/Core/TimingCache.html
+            if now and now != blob and not ours.combine(config.create_timing_cache(now), False):
+                log.warning(
+                    "timing cache %s: expected one from this GPU and TensorRT to merge, got "
+                    "another; it is replaced by this build's", cache_path
+                )  # fmt: skip
+            write_atomic(cache_path, bytes(ours.serialize()))
     return bytes(serialized)
 
 

@@ -10,8 +10,10 @@ a TensorRT engine refuses batches beyond its profile, and Triton refuses to load
 config that promises more than the engine takes. Preprocessing is not in the repository:
 a client resizes and normalises with the manifest's ``preprocess`` values.
 
-The entry is written to a hidden staging directory inside REPO and renamed into place,
-so Triton (or a reader) never sees half a model.
+The entry is written to a hidden staging directory inside REPO and renamed into place
+(``vit_deploy.storage.staged_dir``: ``REPO/NAME``'s lock is held meanwhile, so a second
+writer of the same entry stops with ``OutputLockedError`` naming the first, and staging
+dirs of killed runs are removed), so Triton (or a reader) never sees half a model.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +33,14 @@ from vit_deploy.export.triton.config import (
     preferred_sizes,
     tensor_specs,
 )
-from vit_deploy.manifest import MANIFEST_NAME, file_entry, verify_checksum, write_manifest
+from vit_deploy.manifest import (
+    MANIFEST_NAME,
+    artifact_path,
+    file_entry,
+    verify_checksum,
+    write_manifest,
+)
+from vit_deploy.storage import StagedDir, staged_dir
 
 CONFIG_NAME = "config.pbtxt"
 VERSION = "1"
@@ -135,25 +143,23 @@ def write_triton_model(
     config = model_config(manifest, name, options)
     target = repo / name
     _check_replaceable(target)
-    staging = _staging_dir(repo, name)
-    try:
+    with _staged(repo, target) as stage:
+        staging = stage.path
         model_file = PLATFORMS[manifest["artifact"]["format"]][1]
         version = staging / VERSION
         version.mkdir()
-        shutil.copyfile(artifact / manifest["artifact"]["file"], version / model_file)
+        shutil.copyfile(artifact_path(artifact, manifest["artifact"]["file"]), version / model_file)
         extra = []
         if manifest["artifact"]["format"] == "onnx":  # ONNX external data files stay beside it
             for entry in manifest["artifact"].get("extra_files", []):
-                shutil.copyfile(artifact / entry["file"], version / entry["file"])
+                shutil.copyfile(artifact_path(artifact, entry["file"]), version / entry["file"])
                 extra.append(file_entry(version, entry["file"]))
         written = _repository_manifest(manifest, version, model_file, extra, artifact, config)
         write_manifest(version, written)
         header = f"written by vit-export --fmt triton from {artifact.resolve()}"
         (staging / CONFIG_NAME).write_text(config.to_pbtxt(header))
-        _publish(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        _check_replaceable(target)  # checked again under the lock
+        stage.publish()  # storage.replace_dir: an earlier entry stays until this rename
     return TritonModel(target, config, artifact_profile(manifest), written)
 
 
@@ -187,29 +193,15 @@ def _check_replaceable(target: Path) -> None:
         )
 
 
-def _staging_dir(repo: Path, name: str) -> Path:
+def _staged(repo: Path, target: Path) -> StagedDir:
     try:
         repo.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=repo))
+        return staged_dir(target)
     except OSError as exc:
         raise ConfigError(
             f"expected a writable directory, got {str(repo)!r} ({exc.strerror or exc})",
             option="out",
         ) from exc
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; Triton may run as another user
-    return staging
-
-
-def _publish(staging: Path, target: Path) -> None:
-    if not target.exists():
-        os.replace(staging, target)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-    os.replace(target, old / "model")
-    os.replace(staging, target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 __all__ = ["CONFIG_NAME", "TritonModel", "TritonOptions", "artifact_profile", "write_triton_model"]
