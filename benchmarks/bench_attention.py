@@ -47,6 +47,7 @@ CASES = {
         Case("vit-b16-224", 12, 197, 64),
         Case("vit-l16-224", 16, 197, 64),
         Case("vit-b16-384", 12, 577, 64),
+        Case("vit-b16-448", 12, 785, 64),
         Case("vit-h14-224", 16, 257, 80),
         # FlashAttention papers quote ~N=512+, d=64: the "FA-class TFLOP/s" comparison point.
         Case("seq512-d64", 16, 512, 64),
