@@ -34,7 +34,7 @@ class ArtifactInfo:
 
 
 def read_artifact(path: str | Path) -> ArtifactInfo:
-    from vit_deploy.manifest import read_manifest, verify_checksum
+    from vit_deploy.manifest import artifact_path, check_graph_io, read_manifest, verify_checksum
 
     path = Path(path)
     if not path.is_dir():
@@ -61,7 +61,29 @@ def read_artifact(path: str | Path) -> ArtifactInfo:
             f"{path}: expected an 'onnx' or 'trt' artifact (vit-export), got format {fmt!r}"
         )
     verify_checksum(path, manifest)  # ChecksumMismatchError for a corrupt or changed file
+    if fmt == "onnx":  # a graph its manifest does not describe: refused now, not mid-run
+        check_graph_io(manifest, *onnx_graph_io(artifact_path(path, manifest["artifact"]["file"])),
+                       source=str(path))  # fmt: skip
     return ArtifactInfo(path, backend, precision, profile, manifest["model"])
+
+
+def onnx_graph_io(path: Path) -> tuple[list[tuple], list[tuple]]:
+    """([(name, dtype, shape)] of the graph inputs, the same of the outputs), read from the
+    ONNX file without its external data and without a session; a symbolic dim as its name."""
+    import onnx
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    graph = onnx.load(path, load_external_data=False).graph
+
+    def io(values):
+        out = []
+        for v in values:
+            t = v.type.tensor_type
+            dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in t.shape.dim]
+            out.append((v.name, tensor_dtype_to_np_dtype(t.elem_type), dims))
+        return out
+
+    return io(graph.input), io(graph.output)
 
 
 def check_artifacts(artifacts: list[ArtifactInfo], batch_sizes, config) -> None:

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from vit_deploy.cli.common import configure_logging, error_text
 from vit_deploy.errors import ViTDeployError
 
 DESCRIPTION = """\
@@ -143,6 +144,7 @@ def _int(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_logging("vit-embed")  # resumed or discarded work dirs: "vit-embed: warning: ..."
     if args.ray is not None or args.actors is not None or args.actor_threads is not None:
         return _main_ray(args)
     from vit_deploy.embed.embedder import Embedder
@@ -167,8 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             **_decode_options(args),
         )
     except ViTDeployError as exc:
-        print(f"vit-embed: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(error_text(exc))
     except KeyboardInterrupt:
         print(
             f"\nvit-embed: interrupted; finished chunks are kept in {args.out}.partial/: run the "
@@ -215,7 +216,7 @@ def _main_ray(args) -> int:
             decode=DecodeOptions(**_decode_options(args)),
         )
     except ViTDeployError as exc:
-        return _fail(str(exc))
+        return _fail(error_text(exc))
     except KeyboardInterrupt:
         print(
             f"\nvit-embed: interrupted; finished chunks are kept in {args.out}.partial/: run the "

@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
         if isinstance(exc, ViTDeployError):
             raise
         print(f"{PROG}: error: could not load {args.artifact}: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_USAGE  # an artifact that cannot be loaded is bad input
     name = args.name or Path(args.artifact).resolve().name
     settings = ServeSettings(
         max_batch=args.max_batch,
