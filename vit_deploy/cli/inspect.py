@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_argument(p)
     p.add_argument("--image", required=True, help="the image file to inspect")
     p.add_argument(
+        "--exif-transpose",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="turn the image by its EXIF orientation tag, as a viewer shows it (default: on)",
+    )
+    p.add_argument(
         "--layer",
         type=int,
         default=None,
@@ -102,13 +108,14 @@ def _load_model(args: argparse.Namespace):
     return spec.load("math"), spec.description, warning
 
 
-def _load_pixels(model, image: str):
+def _load_pixels(model, image: str, exif_transpose: bool = True):
     from PIL import UnidentifiedImageError
 
     from vit_deploy.inspect.maps import as_pixels
+    from vit_deploy.preprocess import DecodeOptions, load_image
 
     try:
-        return as_pixels(model, Path(image))
+        return as_pixels(model, load_image(Path(image), DecodeOptions(exif_transpose)))
     except (UnidentifiedImageError, OSError) as exc:
         raise UsageError(f"--image: could not read {image!r} as an image ({exc})") from None
 
@@ -129,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     row = vz.query_row(model, args.query)
     if args.top_k < 1:
         raise UsageError(f"--top-k: expected a positive int, got {args.top_k}")
-    pixels = _load_pixels(model, args.image)
+    pixels = _load_pixels(model, args.image, args.exif_transpose)
 
     print(
         f"model: {described} ({cfg.depth} layers x {cfg.num_heads} heads, "

@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-pixels", type=_positive, default=DEFAULT_MAX_PIXELS, metavar="P",
         help=f"largest image accepted, width x height (default: {DEFAULT_MAX_PIXELS})",
     )  # fmt: skip
+    p.add_argument(
+        "--exif-transpose", action=argparse.BooleanOptionalAction, default=True,
+        help="turn each image by its EXIF orientation tag, as a viewer shows it (default: on)",
+    )  # fmt: skip
     p.add_argument("--decode-threads", type=_positive, default=None, metavar="N")
     p.add_argument(
         "--threads", type=_positive, default=None, metavar="N", help="ONNX Runtime threads"
@@ -143,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
         max_queue=args.max_queue,
         max_body_bytes=int(args.max_body_mb * 2**20),
         max_pixels=args.max_pixels,
+        exif_transpose=args.exif_transpose,
         **({"decode_threads": args.decode_threads} if args.decode_threads else {}),
     )
     app = create_app(embedder, name=name, settings=settings)

@@ -51,6 +51,7 @@ class ServeSettings:
     max_queue: int = 256  # images admitted and unanswered
     max_body_bytes: int = 32 * 2**20
     max_pixels: int = DEFAULT_MAX_PIXELS
+    exif_transpose: bool = True  # turn images by their EXIF orientation tag
     decode_threads: int = max(1, min(4, os.cpu_count() or 1))
 
 
@@ -144,7 +145,9 @@ class _Service:
 
     def _decode(self, image: str) -> np.ndarray:
         started = time.perf_counter()
-        px = decode_to_pixels(image, self.embedder.preprocess, self.settings.max_pixels)
+        px = decode_to_pixels(
+            image, self.embedder.preprocess, self.settings.max_pixels, self.settings.exif_transpose
+        )
         self.metrics.decode_time.observe(time.perf_counter() - started)
         return px
 

@@ -16,7 +16,7 @@ import io
 import warnings
 
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from vit_deploy.config import Preprocess
 from vit_deploy.errors import ViTDeployError
@@ -61,8 +61,9 @@ def image_bytes(text: object) -> bytes:
     return data
 
 
-def open_checked(data: bytes, max_pixels: int) -> Image.Image:
-    """The decoded RGB image, refused from its header alone when it is too large."""
+def open_checked(data: bytes, max_pixels: int, exif_transpose: bool = True) -> Image.Image:
+    """The decoded RGB image, refused from its header alone when it is too large; turned by
+    its EXIF orientation tag unless ``exif_transpose`` is False (as ``vit-embed`` does)."""
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
         with warnings.catch_warnings():
@@ -83,14 +84,16 @@ def open_checked(data: bytes, max_pixels: int) -> Image.Image:
     try:
         with img:
             img.load()
-            return to_rgb(img)
+            return to_rgb(ImageOps.exif_transpose(img) if exif_transpose else img)
     except Exception as exc:  # noqa: BLE001 - truncated or corrupt data
         raise ImageInputError(f"expected a complete image, decoding failed ({exc})") from None
 
 
-def decode_to_pixels(text: object, pre: Preprocess, max_pixels: int) -> np.ndarray:
+def decode_to_pixels(
+    text: object, pre: Preprocess, max_pixels: int, exif_transpose: bool = True
+) -> np.ndarray:
     """One request input -> (3, S, S) float32 pixels, preprocessed as ``Embedder`` does."""
-    return preprocess_pil(open_checked(image_bytes(text), max_pixels), pre)
+    return preprocess_pil(open_checked(image_bytes(text), max_pixels, exif_transpose), pre)
 
 
 __all__ = [
