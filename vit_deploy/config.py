@@ -12,8 +12,17 @@ from dataclasses import dataclass, field
 
 from vit_deploy.errors import ConfigError, UnknownPresetError
 
-POOLING_MODES = ("token", "avg")
+# "token": the class token; "avg": mean of the patch tokens; "map": attention pooling
+# with a learned query (SigLIP's MAP head, timm's AttentionPoolLatent)
+POOLING_MODES = ("token", "avg", "map")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+# "center": resize the shorter side to resize_size, centre-crop; "squash": resize to a
+# resize_size square, aspect ratio not kept, then centre-crop (Hugging Face's processors)
+CROP_MODES = ("center", "squash")
+# timm's names: exact erf GELU; tanh-approximated GELU; CLIP's x * sigmoid(1.702 x)
+ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu")
+# timm's block classes: pre-norm (x + f(norm(x))), residual post-norm (x + norm(f(x)))
+BLOCK_FNS = ("Block", "ResPostBlock")
 
 
 @dataclass(frozen=True)
@@ -28,8 +37,11 @@ class Preprocess:
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     channel_order: str = "RGB"
+    crop_mode: str = "center"
 
     def __post_init__(self):
+        if self.crop_mode not in CROP_MODES:
+            raise ConfigError(f"crop_mode: expected one of {CROP_MODES}, got {self.crop_mode!r}")
         if self.interpolation not in INTERPOLATIONS:
             raise ConfigError(
                 f"interpolation: expected one of {INTERPOLATIONS}, got {self.interpolation!r}"
@@ -41,8 +53,9 @@ class Preprocess:
 
     @property
     def resize_size(self) -> int:
-        # timm's rule: scale_size = floor(img_size / crop_pct)
-        return int(self.img_size / self.crop_pct)
+        # timm's rule: scale_size = floor(img_size / crop_pct); the epsilon keeps a
+        # fraction like 224 / 256 from flooring to 255
+        return int(self.img_size / self.crop_pct + 1e-6)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -57,7 +70,13 @@ class Preprocess:
 
 @dataclass(frozen=True)
 class ViTConfig:
-    """Every hyper-parameter of a Vision Transformer (Dosovitskiy et al., 2020)."""
+    """Every hyper-parameter of a Vision Transformer (Dosovitskiy et al., 2020) and of the
+    families built on it (CLIP, DINOv2, SigLIP, DeiT, DeiT III); names follow timm's
+    ``VisionTransformer`` arguments.
+
+    Tokens are ``[class] [distillation] [registers] patches``; ``pos_embed`` covers all of
+    them (a checkpoint without positions for some prefix tokens gets zero rows there).
+    """
 
     img_size: int = 224
     patch_size: int = 16
@@ -74,6 +93,15 @@ class ViTConfig:
     # None means "timm's rule": fc_norm exactly when global_pool == "avg".
     fc_norm: bool | None = None
     norm_eps: float = 1e-6
+    act_layer: str = "gelu"
+    pre_norm: bool = False  # a LayerNorm on the tokens before the blocks (CLIP's ln_pre)
+    patch_bias: bool | None = None  # None: timm's rule, a bias exactly when not pre_norm
+    init_values: float | None = None  # LayerScale (ls1/ls2.gamma) when set: DINOv2, DeiT III
+    reg_tokens: int = 0  # register tokens (DINOv2 with registers)
+    distilled: bool = False  # DeiT's distillation token (and head_dist when dist_head)
+    dist_head: bool = True  # False: a distillation token but one head on the class token
+    block_fn: str = "Block"
+    proj_dim: int = 0  # a bias-free projection after pooling (CLIP's image embedding)
     labels: tuple[str, ...] = field(default=(), compare=False)
     preprocess: Preprocess = field(default_factory=Preprocess, compare=False)
 
@@ -91,6 +119,26 @@ class ViTConfig:
             )
         if self.global_pool == "token" and not self.class_token:
             problems.append("global_pool='token' needs class_token=True (or use global_pool='avg')")
+        for name, value, allowed in (
+            ("act_layer", self.act_layer, ACTIVATIONS),
+            ("block_fn", self.block_fn, BLOCK_FNS),
+        ):
+            if value not in allowed:
+                problems.append(f"{name}: expected one of {allowed}, got {value!r}")
+        if self.distilled and (not self.class_token or self.global_pool != "token"):
+            problems.append("distilled=True needs class_token=True and global_pool='token'")
+        if self.distilled and self.proj_dim:
+            problems.append("distilled=True with proj_dim: expected one of the two, got both")
+        for name in ("reg_tokens", "proj_dim"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                problems.append(f"{name}: expected an int >= 0, got {value!r}")
+        if self.init_values is not None and not self.init_values > 0:
+            problems.append(
+                f"init_values: expected a positive float or None, got {self.init_values}"
+            )
+        if not self.norm_eps > 0:
+            problems.append(f"norm_eps: expected > 0, got {self.norm_eps}")
         if not problems and self.embed_dim % self.num_heads:
             problems.append(
                 f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})"
@@ -120,12 +168,30 @@ class ViTConfig:
         return self.grid_size**2
 
     @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens before the patches: class, distillation, registers."""
+        return int(self.class_token) + int(self.distilled) + self.reg_tokens
+
+    @property
     def seq_len(self) -> int:
-        return self.num_patches + int(self.class_token)
+        return self.num_patches + self.num_prefix_tokens
 
     @property
     def use_fc_norm(self) -> bool:
         return self.global_pool == "avg" if self.fc_norm is None else self.fc_norm
+
+    @property
+    def use_patch_bias(self) -> bool:
+        return not self.pre_norm if self.patch_bias is None else self.patch_bias
+
+    @property
+    def has_dist_head(self) -> bool:
+        return self.distilled and self.dist_head and self.num_classes > 0
+
+    @property
+    def embed_dim_out(self) -> int:
+        """Width of ``embed()``: the projection's when there is one."""
+        return self.proj_dim or self.embed_dim
 
     def replace(self, **changes) -> ViTConfig:
         """A copy with some fields changed. Changing img_size keeps the
@@ -142,7 +208,7 @@ class ViTConfig:
         hidden = int(d * self.mlp_ratio)
         patch = self.num_patches * (c * self.patch_size**2) * d
         per_block = n * d * 3 * d + 2 * n * n * d + n * d * d + 2 * n * d * hidden
-        head = d * self.num_classes
+        head = self.embed_dim_out * self.num_classes + d * self.proj_dim
         return 2 * (patch + self.depth * per_block + head)
 
     def to_dict(self) -> dict:
@@ -167,18 +233,48 @@ class ViTConfig:
         return cls(**d)
 
 
-def _preset(img_size, patch_size, embed_dim, depth, num_heads, crop_pct=0.9) -> ViTConfig:
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+
+
+def _preset(
+    img_size,
+    patch_size,
+    embed_dim,
+    depth,
+    num_heads,
+    crop_pct=0.9,
+    mean=(0.5, 0.5, 0.5),
+    std=(0.5, 0.5, 0.5),
+    crop_mode="center",
+    **fields,
+) -> ViTConfig:
     return ViTConfig(
         img_size=img_size,
         patch_size=patch_size,
         embed_dim=embed_dim,
         depth=depth,
         num_heads=num_heads,
-        preprocess=Preprocess(img_size=img_size, crop_pct=crop_pct),
+        preprocess=Preprocess(
+            img_size=img_size, crop_pct=crop_pct, mean=mean, std=std, crop_mode=crop_mode
+        ),
+        **fields,
     )
 
 
-# Named as timm names them; architecture per the ViT paper and timm.
+_DEIT = dict(crop_pct=0.875, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+_DEIT3 = dict(_DEIT, init_values=1e-6)  # timm's deit3 also drops the class position
+_CLIP = dict(crop_pct=1.0, mean=CLIP_MEAN, std=CLIP_STD, pre_norm=True, norm_eps=1e-5)
+_CLIP_EMBED = dict(_CLIP, num_classes=0)
+_DINOV2 = dict(crop_pct=1.0, mean=IMAGENET_MEAN, std=IMAGENET_STD, init_values=1e-5)
+_DINOV2 = dict(_DINOV2, num_classes=0)
+_SIGLIP = dict(
+    crop_pct=1.0, num_classes=0, class_token=False, global_pool="map", act_layer="gelu_tanh"
+)
+
+# The table of known architectures, named as timm names them; what no tensor shape
+# shows (heads, activation, eps, pre/post-norm, pooling, token layout) comes from here
+# when a checkpoint does not state it. Architectures per the papers and timm.
 PRESETS: dict[str, ViTConfig] = {
     "vit_tiny_patch16_224": _preset(224, 16, 192, 12, 3),
     "vit_small_patch16_224": _preset(224, 16, 384, 12, 6),
@@ -189,6 +285,53 @@ PRESETS: dict[str, ViTConfig] = {
     "vit_base_patch16_384": _preset(384, 16, 768, 12, 12, crop_pct=1.0),
     "vit_large_patch16_384": _preset(384, 16, 1024, 24, 16, crop_pct=1.0),
     "vit_huge_patch14_224": _preset(224, 14, 1280, 32, 16),
+    # 16 heads at width 768, mean-pooled without a class token
+    "vit_base_patch16_gap_224": _preset(
+        224, 16, 768, 12, 16, class_token=False, global_pool="avg", fc_norm=False
+    ),
+    # residual post-norm blocks (timm's ResPostBlock)
+    "vit_base_patch16_rpn_224": _preset(
+        224,
+        16,
+        768,
+        12,
+        12,
+        qkv_bias=False,
+        class_token=False,
+        global_pool="avg",
+        block_fn="ResPostBlock",
+    ),
+    "deit_tiny_patch16_224": _preset(224, 16, 192, 12, 3, **_DEIT),
+    "deit_small_patch16_224": _preset(224, 16, 384, 12, 6, **_DEIT),
+    "deit_base_patch16_224": _preset(224, 16, 768, 12, 12, **_DEIT),
+    "deit_base_patch16_384": _preset(384, 16, 768, 12, 12, **dict(_DEIT, crop_pct=1.0)),
+    "deit_tiny_distilled_patch16_224": _preset(224, 16, 192, 12, 3, distilled=True, **_DEIT),
+    "deit_small_distilled_patch16_224": _preset(224, 16, 384, 12, 6, distilled=True, **_DEIT),
+    "deit_base_distilled_patch16_224": _preset(224, 16, 768, 12, 12, distilled=True, **_DEIT),
+    "deit3_small_patch16_224": _preset(224, 16, 384, 12, 6, **_DEIT3),
+    "deit3_base_patch16_224": _preset(224, 16, 768, 12, 12, **_DEIT3),
+    "deit3_large_patch16_224": _preset(224, 16, 1024, 24, 16, **_DEIT3),
+    "vit_base_patch32_clip_224": _preset(224, 32, 768, 12, 12, proj_dim=512, **_CLIP_EMBED),
+    "vit_base_patch16_clip_224": _preset(224, 16, 768, 12, 12, proj_dim=512, **_CLIP_EMBED),
+    "vit_large_patch14_clip_224": _preset(224, 14, 1024, 24, 16, proj_dim=768, **_CLIP_EMBED),
+    "vit_base_patch32_clip_quickgelu_224": _preset(
+        224, 32, 768, 12, 12, proj_dim=512, act_layer="quick_gelu", **_CLIP_EMBED
+    ),
+    "vit_base_patch16_clip_quickgelu_224": _preset(
+        224, 16, 768, 12, 12, proj_dim=512, act_layer="quick_gelu", **_CLIP_EMBED
+    ),
+    "vit_large_patch14_clip_quickgelu_224": _preset(
+        224, 14, 1024, 24, 16, proj_dim=768, act_layer="quick_gelu", **_CLIP_EMBED
+    ),
+    "vit_small_patch14_dinov2": _preset(518, 14, 384, 12, 6, **_DINOV2),
+    "vit_base_patch14_dinov2": _preset(518, 14, 768, 12, 12, **_DINOV2),
+    "vit_large_patch14_dinov2": _preset(518, 14, 1024, 24, 16, **_DINOV2),
+    "vit_small_patch14_reg4_dinov2": _preset(518, 14, 384, 12, 6, reg_tokens=4, **_DINOV2),
+    "vit_base_patch14_reg4_dinov2": _preset(518, 14, 768, 12, 12, reg_tokens=4, **_DINOV2),
+    "vit_large_patch14_reg4_dinov2": _preset(518, 14, 1024, 24, 16, reg_tokens=4, **_DINOV2),
+    "vit_base_patch16_siglip_224": _preset(224, 16, 768, 12, 12, **_SIGLIP),
+    "vit_base_patch16_siglip_256": _preset(256, 16, 768, 12, 12, **_SIGLIP),
+    "vit_so400m_patch14_siglip_224": _preset(224, 14, 1152, 27, 16, mlp_ratio=3.7362, **_SIGLIP),
 }
 
 

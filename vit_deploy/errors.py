@@ -53,6 +53,10 @@ class InputDTypeError(ViTDeployError, TypeError):
     """An input tensor of a dtype the model or backend does not take."""
 
 
+class InputDeviceError(ViTDeployError, ValueError):
+    """A device tensor on another device than the backend's."""
+
+
 class NonFiniteInputError(ViTDeployError, ValueError):
     """NaN or Inf in an input (only raised when the opt-in check is on)."""
 
@@ -70,7 +74,9 @@ class CheckpointMismatchError(CheckpointError):
         unexpected: list[str] | None = None,
         wrong_shape: list[tuple[str, tuple, tuple]] | None = None,
         source: str = "checkpoint",
+        features: list[str] | None = None,
     ):
+        self.features = list(features or [])
         self.missing = sorted(missing or [])
         self.unexpected = sorted(unexpected or [])
         self.wrong_shape = sorted(wrong_shape or [])
@@ -81,7 +87,25 @@ class CheckpointMismatchError(CheckpointError):
             lines.append(f"  unexpected ({len(self.unexpected)}): {', '.join(self.unexpected)}")
         for name, expected, got in self.wrong_shape:
             lines.append(f"  wrong shape: {name}: expected {tuple(expected)}, got {tuple(got)}")
+        if self.features:
+            lines.append(f"  features that differ: {'; '.join(self.features)}")
         super().__init__("\n".join(lines))
+
+
+class UnsupportedArchitectureError(CheckpointError):
+    """A checkpoint of a family this ViT cannot compute exactly (RoPE, SwiGLU, ...)."""
+
+    def __init__(self, feature: str, architecture: str, source: str, evidence: str = ""):
+        self.feature, self.architecture = feature, architecture
+        super().__init__(
+            f"{source}: {feature} ({architecture}) cannot be represented exactly by this ViT; "
+            "refused rather than loaded approximately"
+            + (f" (found {evidence})" if evidence else "")
+        )
+
+
+class AmbiguousCheckpointError(CheckpointError):
+    """A checkpoint whose tensors and metadata leave a hyper-parameter undecided."""
 
 
 class KernelError(ViTDeployError, ValueError):

@@ -163,7 +163,11 @@ def normalize(pixels: np.ndarray, pre: Preprocess) -> np.ndarray:
 
 def preprocess_pil(img: Image.Image, pre: Preprocess) -> np.ndarray:
     img = to_rgb(img)
-    img = resize_shorter_side(img, pre.resize_size, pre.interpolation)
+    if pre.crop_mode == "squash":
+        size = (pre.resize_size, pre.resize_size)
+        img = img if img.size == size else img.resize(size, _PIL_FILTERS[pre.interpolation])
+    else:
+        img = resize_shorter_side(img, pre.resize_size, pre.interpolation)
     img = center_crop(img, pre.img_size)
     return normalize(np.asarray(img, dtype=np.uint8), pre)
 

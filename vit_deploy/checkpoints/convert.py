@@ -1,24 +1,29 @@
 """Foreign checkpoint layouts to ours: timm-named tensors plus a ``ViTConfig``.
 
-Three layouts come in: timm state dicts (already our names), Hugging Face
-``ViTModel`` / ``ViTForImageClassification`` and the original Google ``.npz``
-(JAX) release. Each converter only renames and reshapes; tensors it does not
+Layouts: timm state dicts (already our names, config from tensors + metadata), the
+original Google ``.npz`` (JAX) release and open_clip / OpenAI CLIP visual towers; Hugging
+Face folders are in ``vit_deploy.checkpoints.hf``. Each converter only renames and reshapes; tensors it does not
 recognise are kept under their own names so ``check_state_dict`` lists them as
 unexpected instead of dropping them silently.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
-import warnings
 from collections.abc import Mapping
 
 import numpy as np
 import torch
 
-from vit_deploy.config import INTERPOLATIONS, Preprocess, ViTConfig
-from vit_deploy.errors import CheckpointError, CheckpointMismatchError, ConfigError
+from vit_deploy.config import CROP_MODES, INTERPOLATIONS, Preprocess, ViTConfig
+from vit_deploy.errors import (
+    AmbiguousCheckpointError,
+    CheckpointError,
+    CheckpointMismatchError,
+    ConfigError,
+)
 
 # timm's head counts for the standard widths; other widths fall back to dim // 64.
 STANDARD_NUM_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
@@ -26,10 +31,7 @@ STANDARD_NUM_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module")
 # DataParallel / DistributedDataParallel and torch.compile prefix every name.
 STRIP_PREFIXES = ("module.", "_orig_mod.")
-HF_DEFAULT_EPS = 1e-12
 JAX_EPS = 1e-6
-# PIL resample codes as written in Hugging Face preprocessor_config.json
-PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
 
 
 def unwrap_state_dict(obj: object, source: str) -> dict[str, torch.Tensor]:
@@ -58,24 +60,15 @@ def unwrap_state_dict(obj: object, source: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def is_hf_layout(state: Mapping[str, torch.Tensor]) -> bool:
-    return any(k.endswith("embeddings.patch_embeddings.projection.weight") for k in state)
-
-
 def default_num_heads(embed_dim: int, source: str) -> int:
+    """timm's head count for a standard width, else 64-wide heads."""
     if embed_dim in STANDARD_NUM_HEADS:
         return STANDARD_NUM_HEADS[embed_dim]
     if embed_dim % 64:
-        raise CheckpointError(
-            f"{source}: cannot guess num_heads for embed_dim {embed_dim} (no 64-wide heads fit); "
-            "pass config= (a ViTConfig or preset name)"
+        raise AmbiguousCheckpointError(
+            f"{source}: num_heads is not stored in the checkpoint and no 64-wide heads fit "
+            f"embed_dim {embed_dim}; pass num_heads= (--num-heads N) or config= (--config NAME)"
         )
-    warnings.warn(
-        f"{source}: num_heads is not stored in the checkpoint; guessed {embed_dim // 64} "
-        f"(embed_dim {embed_dim} / 64). Pass config= if that is wrong: outputs would be wrong "
-        "while every shape still fits",
-        stacklevel=4,  # the caller of load_model
-    )
     return embed_dim // 64
 
 
@@ -86,15 +79,47 @@ def mlp_ratio(hidden: int, dim: int) -> float:
     return ratio if int(dim * ratio) == hidden else math.nextafter(ratio, math.inf)
 
 
-def infer_config(
-    state: Mapping[str, torch.Tensor],
-    source: str,
-    num_heads: int | None = None,
-    norm_eps: float = 1e-6,
-    preprocess: Preprocess | None = None,
-    labels: tuple[str, ...] = (),
-) -> ViTConfig:
-    """The architecture a timm-named state dict describes (num_heads is not in the shapes)."""
+# What no tensor shape shows. timm's convention decides them for a bare state dict of a
+# plain ViT (loaded with a warning naming the assumed values); for other families
+# (CLIP: quick-GELU or not, eps 1e-5; SigLIP: tanh GELU) they must come from metadata.
+HIDDEN_FIELDS = ("num_heads", "act_layer", "norm_eps", "block_fn")
+TIMM_CONVENTION = {"act_layer": "gelu", "norm_eps": 1e-6, "block_fn": "Block"}
+# timm model_args we take over as they are (same names as ViTConfig's)
+MODEL_ARGS = (
+    "img_size",
+    "patch_size",
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "mlp_ratio",
+    "qkv_bias",
+    "class_token",
+    "global_pool",
+    "fc_norm",
+    "pre_norm",
+    "reg_tokens",
+    "init_values",
+    "act_layer",
+    "block_fn",
+    "num_classes",
+)
+# model_args that change nothing at inference
+INERT_MODEL_ARGS = (
+    "dynamic_img_size",
+    "dynamic_img_pad",
+    "drop_rate",
+    "drop_path_rate",
+    "pos_drop_rate",
+    "attn_drop_rate",
+    "proj_drop_rate",
+    "no_embed_class",
+    "weight_init",
+    "in_chans",
+)
+
+
+def tensor_layout(state: Mapping[str, torch.Tensor], source: str) -> dict:
+    """Every ViTConfig field that the tensors' names and shapes show."""
     for name in ("patch_embed.proj.weight", "pos_embed"):
         if name not in state:
             found = ", ".join(sorted(state)[:8])
@@ -110,55 +135,198 @@ def infer_config(
     block_ids = {int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))}
     if not block_ids:
         raise CheckpointError(f"{source}: expected transformer blocks (blocks.0.*), found none")
-    class_token = "cls_token" in state
-    tokens = state["pos_embed"].shape[1]
-    grid = math.isqrt(max(tokens - int(class_token), 0))
-    if grid == 0 or grid**2 != tokens - int(class_token):
-        raise CheckpointError(
-            f"{source}: pos_embed has {tokens} positions; expected {int(class_token)} class "
-            "position(s) plus a square grid of patches"
-        )
+    class_token, distilled = "cls_token" in state, "dist_token" in state
+    reg = state.get("reg_token")
+    reg_tokens = int(reg.shape[1]) if reg is not None and reg.ndim == 3 else 0
+    prefix = int(class_token) + int(distilled) + reg_tokens
+    grid = _grid(state["pos_embed"], prefix, source)
     fc1 = state.get("blocks.0.mlp.fc1.weight")
     has_norm, has_fc_norm = "norm.weight" in state, "fc_norm.weight" in state
-    # timm: avg pooling puts the final norm after pooling (fc_norm) and has no norm;
-    # JAX "gap" models (no class token) normalise every token, then average.
-    global_pool = "avg" if has_fc_norm or not class_token else "token"
-    fc_norm = has_fc_norm and not has_norm if global_pool == "avg" else None
-    img_size = grid * patch_size
-    try:
-        return ViTConfig(
-            img_size=img_size,
-            patch_size=patch_size,
-            in_chans=in_chans,
-            num_classes=state["head.weight"].shape[0] if "head.weight" in state else 0,
-            embed_dim=embed_dim,
-            depth=max(block_ids) + 1,
-            num_heads=num_heads or default_num_heads(embed_dim, source),
-            mlp_ratio=mlp_ratio(fc1.shape[0], embed_dim) if fc1 is not None else 4.0,
-            qkv_bias="blocks.0.attn.qkv.bias" in state,
-            class_token=class_token,
-            global_pool=global_pool,
-            fc_norm=fc_norm,
-            norm_eps=norm_eps,
-            labels=labels,
-            preprocess=preprocess or default_preprocess(img_size),
-        )
-    except ConfigError as exc:
-        raise CheckpointError(f"{source}: the tensors describe no valid ViT: {exc}") from exc
+    if "attn_pool.latent" in state:
+        latent = state["attn_pool.latent"]
+        if latent.ndim != 3 or latent.shape[1] != 1:
+            raise CheckpointError(
+                f"{source}: attn_pool.latent: expected one latent query (1, 1, dim), got "
+                f"{tuple(latent.shape)}"
+            )
+        global_pool = "map"
+    else:
+        # timm: avg pooling puts the final norm after pooling (fc_norm) and has no norm;
+        # JAX "gap" models (no class token) normalise every token, then average.
+        global_pool = "avg" if has_fc_norm or not class_token else "token"
+    head = state.get("head.weight")
+    return {
+        "img_size": grid * patch_size,
+        "patch_size": patch_size,
+        "in_chans": in_chans,
+        "num_classes": head.shape[0] if head is not None else 0,
+        "embed_dim": embed_dim,
+        "depth": max(block_ids) + 1,
+        "mlp_ratio": mlp_ratio(fc1.shape[0], embed_dim) if fc1 is not None else 4.0,
+        "qkv_bias": "blocks.0.attn.qkv.bias" in state,
+        "class_token": class_token,
+        "global_pool": global_pool,
+        "fc_norm": (has_fc_norm and not has_norm) if global_pool == "avg" else None,
+        "pre_norm": "norm_pre.weight" in state,
+        "patch_bias": "patch_embed.proj.bias" in state,
+        "init_values": 1e-5 if "blocks.0.ls1.gamma" in state else None,  # any: weights load
+        "reg_tokens": reg_tokens,
+        "distilled": distilled,
+        "dist_head": "head_dist.weight" in state or head is None,
+        "proj_dim": state["proj.weight"].shape[0] if "proj.weight" in state else 0,
+    }
 
 
-def add_class_position(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Give the class token a zero position when the checkpoint has none.
+def _grid(pos: torch.Tensor, prefix: int, source: str) -> int:
+    """The square patch grid of a position table with all, none or only the first of the
+    ``prefix`` tokens' positions (timm's no_embed_class; HF DINOv2 with registers)."""
+    rows = pos.shape[1] if pos.ndim == 3 else -1
+    for with_positions in dict.fromkeys((prefix, 0, min(prefix, 1))):
+        grid = math.isqrt(max(rows - with_positions, 0))
+        if grid and grid * grid == rows - with_positions:
+            return grid
+    raise CheckpointError(
+        f"{source}: pos_embed has {rows} positions; expected {prefix} prefix position(s) "
+        "(or none) plus a square grid of patches"
+    )
 
-    timm's ``no_embed_class`` and big_vision add positions to the patches only and
-    then prepend the class token: the same as a class position of zeros.
+
+def timm_config(
+    state: Mapping[str, torch.Tensor],
+    source: str,
+    *,
+    architecture: str = "",
+    model_args: Mapping | None = None,
+    decided: Mapping | None = None,
+    preprocess: Preprocess | None = None,
+    labels: tuple[str, ...] = (),
+) -> tuple[ViTConfig, dict]:
+    """The config of timm-named tensors and what was assumed for it.
+
+    Shapes come from the tensors; what they do not show comes from ``decided`` (the
+    caller's num_heads, a format's fixed values), timm's ``model_args``, the table of known
+    architectures (``architecture``), and only for a plain ViT from timm's convention.
     """
-    pos, cls = state.get("pos_embed"), state.get("cls_token")
-    if pos is None or cls is None or pos.ndim != 3:
-        return state
-    n = pos.shape[1]
-    if math.isqrt(n) ** 2 == n and math.isqrt(n - 1) ** 2 != n - 1:
-        state = dict(state, pos_embed=torch.cat([pos.new_zeros(1, 1, pos.shape[2]), pos], dim=1))
+    from vit_deploy.checkpoints.features import refuse_unsupported
+    from vit_deploy.config import PRESETS
+
+    refuse_unsupported(state, source, architecture)
+    fields = tensor_layout(state, source)
+    known = PRESETS.get(architecture)
+    hidden: dict = {}
+    if known is not None:
+        hidden.update({k: getattr(known, k) for k in HIDDEN_FIELDS})
+        hidden["global_pool"] = known.global_pool if known.global_pool != "map" else "map"
+        if known.embed_dim != fields["embed_dim"]:
+            del hidden["num_heads"]  # the table's heads are for another width
+        if known.proj_dim and _is_projection(state, known.proj_dim):
+            fields.update(num_classes=0, proj_dim=known.proj_dim)  # timm keeps it as the head
+    args = dict(model_args or {})
+    unknown = sorted(set(args) - set(MODEL_ARGS) - set(INERT_MODEL_ARGS))
+    if unknown:
+        raise AmbiguousCheckpointError(
+            f"{source}: model_args {unknown} have no counterpart here (expected some of "
+            f"{sorted(MODEL_ARGS)}); refusing to guess what they change"
+        )
+    hidden.update({k: v for k, v in args.items() if k in HIDDEN_FIELDS or k == "global_pool"})
+    hidden.update(decided or {})
+    undecided = [k for k in HIDDEN_FIELDS if k not in hidden]
+    assumed: dict = {}
+    if undecided:
+        family = [f for f in ("pre_norm", "global_pool") if _family_feature(fields, f)]
+        if family:
+            raise AmbiguousCheckpointError(
+                f"{source}: {', '.join(undecided)} are not stored in the checkpoint and this "
+                f"is not a plain ViT ({'; '.join(family_words(fields))}), so timm's convention "
+                f"does not decide them; pass config= (--config NAME, e.g. "
+                f"{' or '.join(matching_presets(fields)) or 'a ViTConfig'}) or, for the heads "
+                "alone, num_heads= (--num-heads N)"
+            )
+        conventional = dict(TIMM_CONVENTION, num_heads=None)
+        for k in undecided:
+            assumed[k] = conventional[k]
+        if "num_heads" in assumed:
+            assumed["num_heads"] = default_num_heads(fields["embed_dim"], source)
+        hidden.update(assumed)
+    if hidden.get("global_pool") and hidden["global_pool"] != fields["global_pool"]:
+        if not (hidden["global_pool"] == "avg" and fields["global_pool"] == "token"):
+            raise CheckpointError(
+                f"{source}: {architecture or 'model_args'} pools by {hidden['global_pool']!r}, "
+                f"the tensors by {fields['global_pool']!r}"
+            )
+        fields["global_pool"], fields["fc_norm"] = "avg", fields["fc_norm"] or False
+    hidden.pop("global_pool", None)
+    for k in ("img_size", "num_classes"):
+        args.pop(k, None)  # the tensors' values win; the loader resamples / rebuilds
+    shape_args = {k: v for k, v in args.items() if k not in HIDDEN_FIELDS and k != "global_pool"}
+    fields.update({k: v for k, v in shape_args.items() if k in fields})
+    try:
+        cfg = ViTConfig(
+            **fields,
+            **hidden,
+            labels=labels,
+            preprocess=preprocess or _preset_preprocess(known, fields["img_size"]),
+        )
+    except (ConfigError, TypeError) as exc:
+        raise CheckpointError(f"{source}: the tensors describe no valid ViT: {exc}") from exc
+    return cfg, assumed
+
+
+def _preset_preprocess(known: ViTConfig | None, img_size: int) -> Preprocess:
+    if known is None:
+        return default_preprocess(img_size)
+    return dataclasses.replace(known.preprocess, img_size=img_size)
+
+
+def _is_projection(state: Mapping[str, torch.Tensor], proj_dim: int) -> bool:
+    """timm stores CLIP's image projection as a bias-free (zero-bias) head."""
+    w, b = state.get("head.weight"), state.get("head.bias")
+    return w is not None and w.shape[0] == proj_dim and (b is None or not b.any())
+
+
+def _family_feature(fields: dict, name: str) -> bool:
+    return bool(fields["pre_norm"]) if name == "pre_norm" else fields["global_pool"] == "map"
+
+
+def family_words(fields: dict) -> list[str]:
+    words = []
+    if fields["pre_norm"]:
+        words.append("a pre-norm before the blocks, as CLIP")
+    if fields["global_pool"] == "map":
+        words.append("an attention-pool head, as SigLIP")
+    return words
+
+
+def matching_presets(fields: dict) -> list[str]:
+    """Known architectures with these tensors' widths and features, for error messages."""
+    from vit_deploy.config import PRESETS
+
+    keys = ("embed_dim", "patch_size", "pre_norm", "class_token", "reg_tokens", "distilled")
+    return [
+        name
+        for name, cfg in PRESETS.items()
+        if all(getattr(cfg, k) == fields[k] for k in keys)
+        and (cfg.global_pool == "map") == (fields["global_pool"] == "map")
+    ][:4]
+
+
+def align_state(state: Mapping[str, torch.Tensor], cfg: ViTConfig) -> dict[str, torch.Tensor]:
+    """The tensors in our layout for ``cfg``: zero positions for prefix tokens the
+    checkpoint gives none (adding zero = no position, exactly), CLIP's head as projection."""
+    state = dict(state)
+    pos = state.get("pos_embed")
+    prefix = cfg.num_prefix_tokens
+    if pos is not None and pos.ndim == 3 and prefix:
+        rows = pos.shape[1] - cfg.num_patches
+        zeros = pos.new_zeros(1, prefix, pos.shape[2])
+        if rows == 0:
+            state["pos_embed"] = torch.cat([zeros, pos], dim=1)
+        elif rows == 1 and prefix > 1 and cfg.class_token:
+            state["pos_embed"] = torch.cat([pos[:, :1], zeros[:, 1:], pos[:, 1:]], dim=1)
+    if cfg.proj_dim and "proj.weight" not in state and not cfg.num_classes:
+        if _is_projection(state, cfg.proj_dim):
+            state["proj.weight"] = state.pop("head.weight")
+            state.pop("head.bias", None)
     return state
 
 
@@ -167,164 +335,15 @@ def default_preprocess(img_size: int) -> Preprocess:
     return Preprocess(img_size=img_size, crop_pct=1.0 if img_size >= 384 else 0.9)
 
 
-# ---------------------------------------------------------------- Hugging Face
-
-_HF_TOP = {
-    "embeddings.cls_token": "cls_token",
-    "embeddings.position_embeddings": "pos_embed",
-    "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
-    "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
-    "layernorm.weight": "norm.weight",
-    "layernorm.bias": "norm.bias",
-    "classifier.weight": "head.weight",
-    "classifier.bias": "head.bias",
-}
-# Per-layer module names: the on-disk names, and transformers 5's in-memory ones.
-_HF_LAYER = {
-    "layernorm_before": "norm1",
-    "layernorm_after": "norm2",
-    "attention.output.dense": "attn.proj",
-    "attention.o_proj": "attn.proj",
-    "intermediate.dense": "mlp.fc1",
-    "output.dense": "mlp.fc2",
-    "mlp.fc1": "mlp.fc1",
-    "mlp.fc2": "mlp.fc2",
-}
-_HF_QKV = {
-    "attention.attention.query": 0,
-    "attention.attention.key": 1,
-    "attention.attention.value": 2,
-    "attention.q_proj": 0,
-    "attention.k_proj": 1,
-    "attention.v_proj": 2,
-}
-_HF_LAYER_KEY = re.compile(r"^(?:encoder\.layer|layers)\.(\d+)\.(.+)\.(weight|bias)$")
-
-
-def hf_to_timm(state: Mapping[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
-    """Rename HF ViT tensors to timm's; query/key/value are concatenated into qkv."""
-    out: dict[str, torch.Tensor] = {}
-    qkv: dict[tuple[int, str], dict[int, torch.Tensor]] = {}
-    qkv_names: dict[tuple[int, str], list[str]] = {}
-    pooler = []
-    for name, tensor in state.items():
-        key = name[4:] if name.startswith("vit.") else name
-        layer = _HF_LAYER_KEY.match(key)
-        if key in _HF_TOP:
-            out[_HF_TOP[key]] = tensor
-        elif key.startswith("pooler."):
-            pooler.append(name)
-        elif layer and layer.group(2) in _HF_QKV:
-            slot = (int(layer.group(1)), layer.group(3))
-            qkv.setdefault(slot, {})[_HF_QKV[layer.group(2)]] = tensor
-            qkv_names.setdefault(slot, []).append(name)
-        elif layer and layer.group(2) in _HF_LAYER:
-            i, module, kind = layer.groups()
-            out[f"blocks.{i}.{_HF_LAYER[module]}.{kind}"] = tensor
-        else:
-            out[name] = tensor  # reported as unexpected by check_state_dict
-    for (i, kind), parts in qkv.items():
-        if len(parts) == 3:
-            out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat([parts[0], parts[1], parts[2]], dim=0)
-        else:  # incomplete: keep the originals so the mismatch error names them
-            out.update({n: state[n] for n in qkv_names[(i, kind)]})
-    if pooler:
-        warnings.warn(
-            f"{source}: ignored the Hugging Face pooler ({', '.join(sorted(pooler))}): "
-            "embed() returns the normalised class token (last_hidden_state[:, 0]), "
-            "not pooler_output",
-            stacklevel=4,  # the caller of load_model
-        )
-    return out
-
-
-def _square(value, name: str, source: str) -> int:
-    if isinstance(value, (list, tuple)):
-        if len(value) != 2 or value[0] != value[1]:
-            raise CheckpointError(f"{source}: {name}: expected a square size, got {value}")
-        value = value[0]
-    return int(value)
-
-
-def hf_preprocess(img_size: int, processor: Mapping | None, source: str) -> Preprocess:
-    """ViTImageProcessor's settings (defaults: resize to image_size, bilinear, mean/std 0.5).
-
-    HF resizes straight to height x width; our pipeline resizes the shorter side and
-    centre-crops with crop_pct=1.0, which is the same for square images.
-    """
-    processor = processor or {}
-    resample = processor.get("resample", 2)
-    interpolation = PIL_RESAMPLE.get(resample)
-    if interpolation is None:
-        warnings.warn(
-            f"{source}: preprocessor resample={resample} has no equivalent here "
-            f"(expected one of {sorted(PIL_RESAMPLE)}); using bilinear",
-            stacklevel=6,  # the caller of load_model
-        )
-        interpolation = "bilinear"
-    normalize = processor.get("do_normalize", True)
-    mean = processor.get("image_mean", [0.5] * 3) if normalize else [0.0] * 3
-    std = processor.get("image_std", [0.5] * 3) if normalize else [1.0] * 3
-    return Preprocess(
-        img_size=img_size, crop_pct=1.0, interpolation=interpolation, mean=mean, std=std
-    )
-
-
-def hf_config(
-    hf: Mapping, state: Mapping[str, torch.Tensor], source: str, processor: Mapping | None = None
-) -> ViTConfig:
-    """Our config from a HF ViT config.json and the (already renamed) tensors."""
-    if hf.get("model_type") != "vit":
-        raise CheckpointError(
-            f"{source}: expected a Hugging Face ViT (model_type 'vit'), got "
-            f"model_type {hf.get('model_type')!r}"
-        )
-    act = hf.get("hidden_act", "gelu")
-    if act != "gelu":
-        raise CheckpointError(
-            f"{source}: hidden_act: expected 'gelu' (exact erf GELU, the only one our MLP has), "
-            f"got {act!r}"
-        )
-    dim = int(hf.get("hidden_size", 768))
-    img_size = _square(hf.get("image_size", 224), "image_size", source)
-    num_classes = state["head.weight"].shape[0] if "head.weight" in state else 0
-    id2label = hf.get("id2label") or {}
-    labels = tuple(id2label[k] for k in sorted(id2label, key=int))
-    if len(labels) != num_classes or all(n == f"LABEL_{i}" for i, n in enumerate(labels)):
-        labels = ()  # HF writes LABEL_0.. placeholders when there are no real names
-    try:
-        return ViTConfig(
-            img_size=img_size,
-            patch_size=_square(hf.get("patch_size", 16), "patch_size", source),
-            in_chans=int(hf.get("num_channels", 3)),
-            num_classes=num_classes,
-            embed_dim=dim,
-            depth=int(hf.get("num_hidden_layers", 12)),
-            num_heads=int(hf.get("num_attention_heads", 12)),
-            mlp_ratio=mlp_ratio(int(hf.get("intermediate_size", 4 * dim)), dim),
-            qkv_bias=bool(hf.get("qkv_bias", True)),
-            norm_eps=float(hf.get("layer_norm_eps", HF_DEFAULT_EPS)),
-            labels=labels,
-            preprocess=hf_preprocess(img_size, processor, source),
-        )
-    except ConfigError as exc:
-        raise CheckpointError(f"{source}: config.json describes no valid ViT: {exc}") from exc
-
-
 # ---------------------------------------------------------------- timm hub folder
 
 
 def timm_dir_hints(cfg: Mapping, source: str) -> dict:
-    """num_heads, labels and preprocessing from a timm hub config.json, when stated."""
-    from vit_deploy.config import PRESETS
-
-    arch = str(cfg.get("architecture", ""))
-    args = cfg.get("model_args") or {}
-    hints: dict = {}
-    if "num_heads" in args:
-        hints["num_heads"] = int(args["num_heads"])
-    elif arch in PRESETS:
-        hints["num_heads"] = PRESETS[arch].num_heads
+    """architecture, model_args, labels and preprocessing from a timm hub config.json."""
+    hints: dict = {
+        "architecture": str(cfg.get("architecture", "")),
+        "model_args": dict(cfg.get("model_args") or {}),
+    }
     names = cfg.get("label_names")
     if isinstance(names, Mapping):
         names = [names[k] for k in sorted(names, key=int)]
@@ -332,18 +351,25 @@ def timm_dir_hints(cfg: Mapping, source: str) -> dict:
         hints["labels"] = tuple(str(n) for n in names)
     pre = cfg.get("pretrained_cfg") or {}
     if "input_size" in pre:
-        interpolation = pre.get("interpolation", "bicubic")
-        try:
-            hints["preprocess"] = Preprocess(
-                img_size=int(pre["input_size"][-1]),
-                crop_pct=float(pre.get("crop_pct", 0.9)),
-                interpolation=interpolation if interpolation in INTERPOLATIONS else "bicubic",
-                mean=pre.get("mean", (0.5, 0.5, 0.5)),
-                std=pre.get("std", (0.5, 0.5, 0.5)),
-            )
-        except ConfigError as exc:
-            raise CheckpointError(f"{source}: pretrained_cfg: {exc}") from exc
+        hints["preprocess"] = timm_preprocess(pre, source)
     return hints
+
+
+def timm_preprocess(pre: Mapping, source: str) -> Preprocess:
+    """Preprocess from a timm pretrained_cfg (input_size, crop_pct, crop_mode, ...)."""
+    interpolation = pre.get("interpolation", "bicubic")
+    crop_mode = pre.get("crop_mode", "center")
+    try:
+        return Preprocess(
+            img_size=int(pre["input_size"][-1]),
+            crop_pct=float(pre.get("crop_pct", 0.9)),
+            interpolation=interpolation if interpolation in INTERPOLATIONS else "bicubic",
+            mean=pre.get("mean", (0.5, 0.5, 0.5)),
+            std=pre.get("std", (0.5, 0.5, 0.5)),
+            crop_mode=crop_mode if crop_mode in CROP_MODES else "center",
+        )
+    except (ConfigError, KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{source}: pretrained_cfg: {exc}") from exc
 
 
 # ---------------------------------------------------------------- Google .npz (JAX)

@@ -16,7 +16,7 @@ import pickle
 import re
 import warnings
 from collections.abc import Callable, Mapping
-from functools import partial
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +24,15 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from vit_deploy.checkpoints import convert
+from vit_deploy.checkpoints import convert, hf, open_clip
+from vit_deploy.checkpoints.features import describe, refuse_unsupported
 from vit_deploy.config import ViTConfig, get_preset
-from vit_deploy.errors import CheckpointError, CheckpointMismatchError, ConfigError
+from vit_deploy.errors import (
+    AmbiguousCheckpointError,
+    CheckpointError,
+    CheckpointMismatchError,
+    ConfigError,
+)
 from vit_deploy.model.layers import ATTENTION_IMPLS
 from vit_deploy.model.vit import VisionTransformer
 from vit_deploy.storage import atomic_write_json, staged_dir
@@ -50,7 +56,9 @@ def check_state_dict(model: torch.nn.Module, state: dict, source: str) -> None:
         if k in state and tuple(expected[k].shape) != tuple(state[k].shape)
     ]
     if missing or unexpected or wrong:
-        raise CheckpointMismatchError(missing, unexpected, wrong, source=source)
+        refuse_unsupported(unexpected, source)
+        involved = describe(missing + unexpected + [name for name, _, _ in wrong])
+        raise CheckpointMismatchError(missing, unexpected, wrong, source=source, features=involved)
 
 
 def resample_pos_embed(
@@ -58,11 +66,14 @@ def resample_pos_embed(
     new_grid: int | tuple[int, int],
     num_prefix_tokens: int = 1,
     interpolation: str = "bicubic",
+    antialias: bool = False,
 ) -> torch.Tensor:
     """Resize a (1, prefix + H*W, D) position table to a new patch grid.
 
-    The patch positions are interpolated as an image (align_corners=False, no
-    antialiasing); the class position is kept as it is. The old grid must be square.
+    The patch positions are interpolated as an image (align_corners=False), as the
+    checkpoint's source library does it: timm and open_clip antialias, Hugging Face's
+    ``interpolate_pos_encoding`` does not. Prefix positions are kept. The old grid must
+    be square.
     """
     new_h, new_w = (new_grid, new_grid) if isinstance(new_grid, int) else new_grid
     prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
@@ -77,7 +88,7 @@ def resample_pos_embed(
     dim = grid.shape[2]
     image = grid.float().reshape(1, old, old, dim).permute(0, 3, 1, 2)  # interpolate wants fp32
     image = F.interpolate(
-        image, size=(new_h, new_w), mode=interpolation, align_corners=False, antialias=False
+        image, size=(new_h, new_w), mode=interpolation, align_corners=False, antialias=antialias
     )
     grid = image.permute(0, 2, 3, 1).reshape(1, new_h * new_w, dim).to(pos_embed.dtype)
     return torch.cat([prefix, grid], dim=1)
@@ -119,27 +130,73 @@ def load_model(
     num_classes: int | None = None,
     config: ViTConfig | str | None = None,
     check_finite: bool = False,
+    num_heads: int | None = None,
 ) -> VisionTransformer:
     """A model in eval mode from a local checkpoint, whatever its layout.
 
-    ``source``: our checkpoint directory; a timm state dict (.pth/.pt/.bin/.safetensors);
-    a Hugging Face ViT folder or a timm hub folder (config.json + weights); or a
-    Google ViT .npz. Nothing is downloaded.
-    ``img_size``: run at another resolution (the position embedding is resampled).
+    ``source``: our checkpoint directory; a timm state dict (.pth/.pt/.bin/.safetensors)
+    or hub folder; a Hugging Face folder (ViT, DeiT, CLIP / SigLIP vision, DINOv2); an
+    open_clip checkpoint (its visual tower) or folder; or a Google ViT .npz. Nothing is
+    downloaded.
+    ``img_size``: run at another resolution (positions resampled as the source library does).
     ``num_classes``: 0 drops the head; another count than the checkpoint's gets a new,
     randomly initialised head (for fine-tuning).
-    ``config``: a ViTConfig or preset name that replaces the inferred architecture
-    (e.g. to give num_heads, which tensor shapes do not show); it is still checked
-    against every tensor.
+    ``config``: a known architecture's name (``vit_deploy.config.PRESETS``) deciding what
+    tensor shapes do not show (heads, activation, eps, norms), or a whole ViTConfig;
+    ``num_heads``: the head count alone. Both are still checked against every tensor.
+    What neither the checkpoint nor these decide is refused, except for a bare timm state
+    dict of a plain ViT, which loads with timm's convention and a warning; the model's
+    ``checkpoint_info`` (and every manifest) records what was assumed.
     """
     if attention not in ATTENTION_IMPLS:  # before reading what may be gigabytes
         raise ConfigError(f"attention: expected one of {ATTENTION_IMPLS}, got {attention!r}")
+    if config is not None and not isinstance(config, (ViTConfig, str)):
+        raise ConfigError(
+            f"config: expected a ViTConfig or a preset name, got {type(config).__name__}"
+        )
+    if isinstance(config, str):
+        get_preset(config)  # an unknown name fails here, listing the known ones
     path = Path(source)
     if not path.exists():
         raise _not_found(str(source))
-    state, inferred = _read_dir(path) if path.is_dir() else _read_file(path)
-    cfg = _as_config(config) if config is not None else inferred()
-    return _build(cfg, state, str(path), attention, img_size, num_classes, check_finite)
+    ckpt = _read_dir(path) if path.is_dir() else _read_file(path)
+    if isinstance(config, ViTConfig):
+        cfg, assumed = config, {}
+        if num_heads:
+            cfg = cfg.replace(num_heads=num_heads)
+    else:
+        cfg, assumed = ckpt.infer(config, num_heads)
+    if assumed:
+        values = ", ".join(f"{k}={v!r}" for k, v in assumed.items())
+        warnings.warn(
+            f"{path}: assumed {values} (timm's convention; not stored in the checkpoint). "
+            "Pass config= (--config NAME) or num_heads= (--num-heads N) if that is wrong: "
+            "outputs would be wrong while every shape still fits",
+            stacklevel=2,
+        )
+    model = _build(
+        cfg,
+        ckpt.state,
+        str(path),
+        attention,
+        img_size or ckpt.img_size,
+        num_classes,
+        check_finite,
+        ckpt.antialias,
+    )
+    model.checkpoint_info = {
+        **ckpt.info,
+        "path": str(path),
+        "config_from": (
+            "config= (a ViTConfig)"
+            if isinstance(config, ViTConfig)
+            else f"config={config!r}"
+            if config
+            else ckpt.info.get("config_from", "the checkpoint")
+        ),
+        "assumed": assumed,
+    }
+    return model
 
 
 def load_native(
@@ -153,14 +210,16 @@ def load_native(
     directory = Path(directory)
     if not (directory / NATIVE_CONFIG).is_file():
         raise CheckpointError(f"expected {NATIVE_CONFIG} in {directory}, found no such file")
-    state, stored_config = _read_native(directory, _read_json(directory / NATIVE_CONFIG))
-    return _build(
-        stored_config(), state, str(directory), attention, img_size, num_classes, check_finite
-    )
+    ckpt = _read_native(directory, _read_json(directory / NATIVE_CONFIG))
+    cfg, _ = ckpt.infer(None, None)
+    model = _build(cfg, ckpt.state, str(directory), attention, img_size, num_classes, check_finite)
+    model.checkpoint_info = {**ckpt.info, "path": str(directory), "assumed": {}}
+    return model
 
 
-def _build(cfg, state, source, attention, img_size, num_classes, check_finite):
+def _build(cfg, state, source, attention, img_size, num_classes, check_finite, antialias=False):
     """Check the tensors against the checkpoint's config, then adapt them to the request."""
+    state = convert.align_state(state, cfg)
     # Built on the meta device: random init of weights about to be replaced is wasted time.
     model = _skeleton(cfg, attention, check_finite)
     check_state_dict(model, state, source=source)
@@ -179,16 +238,23 @@ def _build(cfg, state, source, attention, img_size, num_classes, check_finite):
     state = dict(state)
     if "img_size" in changes:
         state["pos_embed"] = resample_pos_embed(
-            state["pos_embed"], cfg.grid_size, num_prefix_tokens=int(cfg.class_token)
+            state["pos_embed"],
+            cfg.grid_size,
+            num_prefix_tokens=cfg.num_prefix_tokens,
+            antialias=antialias,
         )
     if "num_classes" in changes:
-        state = {k: v for k, v in state.items() if not k.startswith("head.")}
+        state = {k: v for k, v in state.items() if not k.startswith(("head.", "head_dist."))}
     model = _skeleton(cfg, attention, check_finite)
     if changes.get("num_classes"):  # a new class count: a fresh head, as timm gives
-        model.head = torch.nn.Linear(cfg.embed_dim, num_classes)
-        torch.nn.init.trunc_normal_(model.head.weight, std=0.02)
-        torch.nn.init.zeros_(model.head.bias)
-        state.update({k: v for k, v in model.state_dict().items() if k.startswith("head.")})
+        fresh = {"head": torch.nn.Linear(cfg.embed_dim_out, num_classes)}
+        if model.head_dist is not None:
+            fresh["head_dist"] = torch.nn.Linear(cfg.embed_dim, num_classes)
+        for name, head in fresh.items():
+            torch.nn.init.trunc_normal_(head.weight, std=0.02)
+            torch.nn.init.zeros_(head.bias)
+            setattr(model, name, head)
+            state.update({f"{name}.{k}": v for k, v in head.state_dict().items()})
         warnings.warn(
             f"{source}: the checkpoint's head has {old_classes} classes; "
             f"num_classes={num_classes} gets a new, randomly initialised head",
@@ -222,53 +288,110 @@ def _not_found(source: str) -> CheckpointError:
     )
 
 
-def _as_config(config: ViTConfig | str) -> ViTConfig:
-    if isinstance(config, ViTConfig):
-        return config
-    if isinstance(config, str):
-        return get_preset(config)
-    raise ConfigError(f"config: expected a ViTConfig or a preset name, got {type(config).__name__}")
-
-
 # ---------------------------------------------------------------- readers
 
 
-# Each reader returns (timm-named tensors, a function giving the inferred config): the
-# inference is skipped, with its warnings, when the caller passes config=.
-Reader = tuple[dict, Callable[[], ViTConfig]]
+@dataclass
+class Checkpoint:
+    """What a reader found: timm-named tensors, how to decide the config, and a record."""
+
+    state: dict
+    # (config name or None, num_heads or None) -> (config, values assumed for it); lazy,
+    # so a caller's config= skips the inference and its warnings
+    infer: Callable[[str | None, int | None], tuple[ViTConfig, dict]]
+    info: dict
+    antialias: bool = False  # how the source library resamples positions (see above)
+    img_size: int | None = None  # the resolution the source runs at, if not the tensors'
 
 
-def _read_dir(path: Path) -> Reader:
+def _timm_infer(state, source, **hints):
+    def infer(name, num_heads):
+        args = dict(hints)
+        if name:
+            args["architecture"] = name
+            args["model_args"] = {}  # a named architecture replaces the folder's
+        decided = dict(args.pop("decided", {}))
+        if num_heads:
+            decided["num_heads"] = num_heads
+        return convert.timm_config(state, source, decided=decided, **args)
+
+    return infer
+
+
+def _fixed(cfg: ViTConfig, state, source):
+    """A config the checkpoint states in full; config= replaces it, num_heads= amends it."""
+
+    def infer(name, num_heads):
+        if name:
+            return _timm_infer(state, source)(name, num_heads)
+        return (cfg.replace(num_heads=num_heads) if num_heads else cfg), {}
+
+    return infer
+
+
+def _read_dir(path: Path) -> Checkpoint:
+    if (path / open_clip.CONFIG_NAME).is_file() and not (path / NATIVE_CONFIG).is_file():
+        return _open_clip_dir(path)
     if not (path / NATIVE_CONFIG).is_file():
         found = sorted(p.name for p in path.iterdir())[:10]
         raise CheckpointError(
             f"{path}: expected a checkpoint folder with {NATIVE_CONFIG} (vit_deploy, Hugging "
-            f"Face or timm layout), found {found or 'an empty folder'}"
+            f"Face or timm layout) or {open_clip.CONFIG_NAME}, found {found or 'an empty folder'}"
         )
     meta = _read_json(path / NATIVE_CONFIG)
     if "format" in meta:
         return _read_native(path, meta)
-    weights = next((path / n for n in DIR_WEIGHTS if (path / n).is_file()), None)
-    if weights is None:
-        shards = sorted(p.name for p in path.glob("*.index.json"))
-        raise CheckpointError(
-            f"{path}: expected one of {DIR_WEIGHTS} beside config.json, found none"
-            + (f" (sharded checkpoints, {shards[0]}, are not supported)" if shards else "")
-        )
+    weights = _dir_weights(path)
     source = str(weights)
     if "model_type" in meta:  # Hugging Face
-        return _hf(path, meta, convert.hf_to_timm(_read_tensors(weights), source), source)
+        state, notes = hf.hf_to_timm(_read_tensors(weights), source)
+        return _hf(path, meta, state, source, notes)
     if "architecture" in meta:  # timm hub folder
-        state = convert.add_class_position(_read_tensors(weights))
+        state = _read_tensors(weights)
         hints = convert.timm_dir_hints(meta, source)
-        return state, partial(convert.infer_config, state, source, **hints)
+        info = {
+            "library": "timm",
+            "layout": "timm hub folder",
+            "architecture": hints["architecture"],
+        }
+        info["model_args"] = hints["model_args"]
+        return Checkpoint(state, _timm_infer(state, source, **hints), info, antialias=True)
     raise CheckpointError(
         f"{path / NATIVE_CONFIG}: expected a vit_deploy ('format'), Hugging Face ('model_type') "
         "or timm ('architecture') config, found none of those keys"
     )
 
 
-def _read_native(path: Path, meta: dict) -> Reader:
+def _dir_weights(path: Path) -> Path:
+    weights = next((path / n for n in DIR_WEIGHTS if (path / n).is_file()), None)
+    if weights is None:
+        shards = sorted(p.name for p in path.glob("*.index.json"))
+        raise CheckpointError(
+            f"{path}: expected one of {DIR_WEIGHTS} beside its config, found none"
+            + (f" (sharded checkpoints, {shards[0]}, are not supported)" if shards else "")
+        )
+    return weights
+
+
+def _open_clip_dir(path: Path) -> Checkpoint:
+    meta = _read_json(path / open_clip.CONFIG_NAME)
+    weights = next(
+        (
+            path / n
+            for n in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+            if (path / n).is_file()
+        ),
+        None,
+    ) or _dir_weights(path)
+    source = str(weights)
+    state, notes = open_clip.visual_to_timm(_read_tensors(weights), source)
+    cfg = open_clip.open_clip_config(meta, state, source)
+    info = {"library": "open_clip", "layout": "open_clip folder", "notes": notes}
+    info["model_cfg"] = meta.get("model_cfg") or {}
+    return Checkpoint(state, _fixed(cfg, state, source), info, antialias=True)
+
+
+def _read_native(path: Path, meta: dict) -> Checkpoint:
     meta = dict(meta)
     fmt = meta.pop("format", None)
     if fmt != NATIVE_FORMAT:
@@ -283,32 +406,66 @@ def _read_native(path: Path, meta: dict) -> Reader:
     weights = path / NATIVE_WEIGHTS
     if not weights.is_file():
         raise CheckpointError(f"expected {NATIVE_WEIGHTS} in {path}, found no such file")
-    return _read_safetensors(weights), lambda: cfg
+    state = _read_safetensors(weights)
+    info = {"library": "vit_deploy", "layout": NATIVE_FORMAT}
+    return Checkpoint(state, _fixed(cfg, state, str(path)), info)
 
 
-def _read_file(path: Path) -> Reader:
+def _read_file(path: Path) -> Checkpoint:
     source = str(path)
     if path.suffix.lower() == ".npz":
         state, num_heads = convert.npz_to_timm(_read_npz(path), source)
-        state = convert.add_class_position(state)
-        return state, partial(convert.infer_config, state, source, num_heads, convert.JAX_EPS)
+        decided = dict(convert.TIMM_CONVENTION, num_heads=num_heads, norm_eps=convert.JAX_EPS)
+        info = {"library": "big_vision", "layout": "Google ViT .npz"}
+        return Checkpoint(state, _timm_infer(state, source, decided=decided), info)
     state = _read_tensors(path)
-    if convert.is_hf_layout(state):
-        state = convert.hf_to_timm(state, source)
+    if hf.is_hf_layout(state):
+        state, notes = hf.hf_to_timm(state, source)
         sibling = path.parent / NATIVE_CONFIG
         meta = _read_json(sibling) if sibling.is_file() else {}
         if "model_type" in meta:
-            return _hf(path.parent, meta, state, source)
-        return state, partial(convert.infer_config, state, source, norm_eps=convert.HF_DEFAULT_EPS)
-    state = convert.add_class_position(state)
-    return state, partial(convert.infer_config, state, source)
+            return _hf(path.parent, meta, state, source, notes)
+        info = {"library": "transformers", "layout": "Hugging Face tensors without config.json"}
+        decided = {"norm_eps": hf.DEFAULT_EPS["vit"]}
+        return Checkpoint(state, _timm_infer(state, source, decided=decided), info)
+    if open_clip.is_open_clip_layout(state):
+        state, notes = open_clip.visual_to_timm(state, source)
+        info = {"library": "open_clip", "layout": "open_clip state dict", "notes": notes}
+        return Checkpoint(state, _open_clip_bare(state, source), info, antialias=True)
+    info = {"library": "timm", "layout": "timm state dict"}
+    return Checkpoint(state, _timm_infer(state, source), info, antialias=True)
 
 
-def _hf(folder: Path, meta: dict, state: dict, source: str) -> Reader:
+def _open_clip_bare(state, source):
+    def infer(name, num_heads):
+        if name:
+            return _timm_infer(state, source)(name, num_heads)
+        fields = convert.tensor_layout(state, source)
+        raise AmbiguousCheckpointError(
+            f"{source}: an open_clip state dict does not say its activation (OpenAI's "
+            "quick-GELU or GELU) or heads; pass config= (--config NAME, e.g. "
+            f"{' or '.join(convert.matching_presets(fields)) or 'a ViTConfig'}), or load its "
+            f"folder with {open_clip.CONFIG_NAME}"
+        )
+
+    return infer
+
+
+def _hf(folder: Path, meta: dict, state: dict, source: str, notes: list[str]) -> Checkpoint:
     processor_path = folder / "preprocessor_config.json"
     processor = _read_json(processor_path) if processor_path.is_file() else None
-    cfg = convert.hf_config(meta, state, source, processor)  # checked even with config=
-    return state, lambda: cfg
+    cfg, runs_at = hf.hf_config(meta, state, source, processor)  # checked even with config=
+    info = {
+        "library": "transformers",
+        "layout": "Hugging Face folder",
+        "architecture": ",".join(meta.get("architectures") or []) or meta.get("model_type"),
+        "model_type": meta.get("model_type"),
+        "notes": notes,
+    }
+    img_size = runs_at if runs_at != cfg.img_size else None
+    if img_size:
+        notes.append(f"runs at {runs_at} px, as its processor feeds it (positions resampled)")
+    return Checkpoint(state, _fixed(cfg, state, source), info, img_size=img_size)
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:

@@ -43,12 +43,43 @@ def _load_triton_attention():
     return triton_attention
 
 
+class QuickGELU(nn.Module):
+    """CLIP's activation: x * sigmoid(1.702 x)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+def make_activation(name: str) -> nn.Module:
+    """timm's activation names; each exports to ONNX as plain ops (Erf, Tanh, Sigmoid)."""
+    if name == "gelu":
+        return nn.GELU()  # exact erf form, as the paper's JAX code, timm and HF
+    if name == "gelu_tanh":
+        return nn.GELU(approximate="tanh")  # SigLIP; HF's gelu_pytorch_tanh / gelu_new
+    if name == "quick_gelu":
+        return QuickGELU()
+    raise ConfigError(f"act_layer: expected one of gelu, gelu_tanh, quick_gelu, got {name!r}")
+
+
+class LayerScale(nn.Module):
+    """Per-channel learned scale of a residual branch (CaiT; DINOv2 and DeiT III use it)."""
+
+    def __init__(self, dim: int, init_values: float):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), float(init_values)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
 class PatchEmbed(nn.Module):
     """Image to patch tokens by a Conv2d with kernel = stride = patch size."""
 
-    def __init__(self, patch_size: int, in_chans: int, embed_dim: int):
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int, bias: bool = True):
         super().__init__()
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.proj = nn.Conv2d(
+            in_chans, embed_dim, kernel_size=patch_size, stride=patch_size, bias=bias
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, N, D)
@@ -93,10 +124,10 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
+    def __init__(self, dim: int, hidden: int, act_layer: str = "gelu"):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()  # exact erf form, as timm, HF and the paper's JAX code
+        self.act = make_activation(act_layer)
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -104,7 +135,11 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm encoder block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+    """One encoder block; ``block_fn`` says where the norms sit:
+
+    - ``Block`` (pre-norm, the ViT paper's): x + ls(f(norm(x)));
+    - ``ResPostBlock`` (residual post-norm, timm's): x + norm(f(x)).
+    """
 
     def __init__(
         self,
@@ -114,13 +149,57 @@ class Block(nn.Module):
         qkv_bias: bool,
         norm_eps: float,
         attention: str,
+        act_layer: str = "gelu",
+        init_values: float | None = None,
+        block_fn: str = "Block",
     ):
         super().__init__()
+        if block_fn not in ("Block", "ResPostBlock"):
+            raise ConfigError(f"block_fn: expected 'Block' or 'ResPostBlock', got {block_fn!r}")
+        if block_fn == "ResPostBlock" and init_values is not None:
+            raise ConfigError(
+                "block_fn='ResPostBlock' has no LayerScale: expected init_values=None"
+            )
+        self.post_norm = block_fn == "ResPostBlock"
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(dim, num_heads, qkv_bias, impl=attention)
+        self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer)
+        self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
+
+    def attention_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the attention sees (for attention maps)."""
+        return x if self.post_norm else self.norm1(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        if self.post_norm:
+            x = x + self.norm1(self.attn(x))
+            return x + self.norm2(self.mlp(x))
+        x = x + self.ls1(self.attn(self.norm1(x)))
+        return x + self.ls2(self.mlp(self.norm2(x)))
+
+
+class AttentionPool(nn.Module):
+    """Multi-head attention pooling with a learned query (SigLIP's MAP head); timm's
+    ``AttentionPoolLatent`` names: latent, q, kv, proj, norm, mlp. Returns (B, D)."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, norm_eps: float, act_layer: str):
+        super().__init__()
+        self.num_heads = num_heads
+        self.latent = nn.Parameter(torch.zeros(1, 1, dim))
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        h, d = self.num_heads, C // self.num_heads
+        q = self.q(self.latent).reshape(1, 1, h, d).transpose(1, 2).expand(B, -1, -1, -1)
+        k, v = self.kv(x).reshape(B, N, 2, h, d).permute(2, 0, 3, 1, 4).unbind(0)
+        out = math_attention(q, k, v).transpose(1, 2).reshape(B, 1, C)
+        out = self.proj(out)
+        out = out + self.mlp(self.norm(out))
+        return out[:, 0]

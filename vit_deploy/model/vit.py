@@ -11,7 +11,7 @@ from torch import nn
 
 from vit_deploy.config import ViTConfig, get_preset
 from vit_deploy.errors import ConfigError, InputDTypeError, InputShapeError, NonFiniteInputError
-from vit_deploy.model.layers import ATTENTION_IMPLS, Block, PatchEmbed
+from vit_deploy.model.layers import ATTENTION_IMPLS, AttentionPool, Block, LayerScale, PatchEmbed
 
 
 class VisionTransformer(nn.Module):
@@ -27,18 +27,39 @@ class VisionTransformer(nn.Module):
         self.attention = attention
         self.check_finite = check_finite
         d = config.embed_dim
-        self.patch_embed = PatchEmbed(config.patch_size, config.in_chans, d)
+        self.patch_embed = PatchEmbed(config.patch_size, config.in_chans, d, config.use_patch_bias)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d)) if config.class_token else None
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, d)) if config.distilled else None
+        self.reg_token = (
+            nn.Parameter(torch.zeros(1, config.reg_tokens, d)) if config.reg_tokens else None
+        )
         self.pos_embed = nn.Parameter(torch.zeros(1, config.seq_len, d))
+        self.norm_pre = nn.LayerNorm(d, eps=config.norm_eps) if config.pre_norm else nn.Identity()
         self.blocks = nn.ModuleList(
             Block(
-                d, config.num_heads, config.mlp_ratio, config.qkv_bias, config.norm_eps, attention
+                d,
+                config.num_heads,
+                config.mlp_ratio,
+                config.qkv_bias,
+                config.norm_eps,
+                attention,
+                act_layer=config.act_layer,
+                init_values=config.init_values,
+                block_fn=config.block_fn,
             )
             for _ in range(config.depth)
         )
         self.norm = nn.Identity() if config.use_fc_norm else nn.LayerNorm(d, eps=config.norm_eps)
+        self.attn_pool = (
+            AttentionPool(d, config.num_heads, config.mlp_ratio, config.norm_eps, config.act_layer)
+            if config.global_pool == "map"
+            else None
+        )
         self.fc_norm = nn.LayerNorm(d, eps=config.norm_eps) if config.use_fc_norm else nn.Identity()
-        self.head = nn.Linear(d, config.num_classes) if config.num_classes else nn.Identity()
+        self.proj = nn.Linear(d, config.proj_dim, bias=False) if config.proj_dim else None
+        width = config.embed_dim_out
+        self.head = nn.Linear(width, config.num_classes) if config.num_classes else nn.Identity()
+        self.head_dist = nn.Linear(d, config.num_classes) if config.has_dist_head else None
         self.reset_parameters()
 
     @torch.no_grad()
@@ -51,8 +72,11 @@ class VisionTransformer(nn.Module):
             t.copy_(torch.randn(t.shape, generator=gen).clamp_(-2, 2) * std)
 
         trunc(self.pos_embed, 0.02)
-        if self.cls_token is not None:
-            trunc(self.cls_token, 1e-6)
+        for token in (self.cls_token, self.dist_token, self.reg_token):
+            if token is not None:
+                trunc(token, 1e-6)
+        if self.attn_pool is not None:
+            trunc(self.attn_pool.latent, 0.02)
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Conv2d)):
                 trunc(module.weight, 0.02)
@@ -61,6 +85,8 @@ class VisionTransformer(nn.Module):
             elif isinstance(module, nn.LayerNorm):
                 module.weight.fill_(1.0)
                 module.bias.zero_()
+            elif isinstance(module, LayerScale):
+                module.gamma.fill_(self.config.init_values)
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise a typed error, saying expected vs got, for input the model cannot take."""
@@ -96,41 +122,55 @@ class VisionTransformer(nn.Module):
         return self.norm(x)
 
     def embed_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """Checked pixels -> patch tokens with the CLS token and position embedding: (B, N, D)."""
+        """Checked pixels -> [class, distillation, registers, patches] + positions, then
+        the pre-norm if any: (B, N, D)."""
         self.check_input(x)
         x = self.patch_embed(x)
-        if self.cls_token is not None:
-            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-        return x + self.pos_embed
+        prefix = [t for t in (self.cls_token, self.dist_token, self.reg_token) if t is not None]
+        if prefix:
+            x = torch.cat([t.expand(x.shape[0], -1, -1) for t in prefix] + [x], dim=1)
+        return self.norm_pre(x + self.pos_embed)
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
-        if self.config.global_pool == "avg":
-            patch_tokens = tokens[:, 1:] if self.cls_token is not None else tokens
-            pooled = patch_tokens.mean(dim=1)
+        """(B, N, D) tokens -> (B, D), before the projection: timm's pre-logits."""
+        cfg = self.config
+        if cfg.global_pool == "avg":
+            pooled = tokens[:, cfg.num_prefix_tokens :].mean(dim=1)
+        elif cfg.global_pool == "map":
+            pooled = self.attn_pool(tokens[:, cfg.num_prefix_tokens :])
+        elif cfg.distilled and cfg.dist_head:  # both tokens, as timm's pre-logits
+            pooled = (tokens[:, 0] + tokens[:, 1]) / 2
         else:
             pooled = tokens[:, 0]
         return self.fc_norm(pooled)
 
+    def _project(self, pooled: torch.Tensor) -> torch.Tensor:
+        return pooled if self.proj is None else self.proj(pooled)
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """The pooled pre-head embedding: (B, D)."""
-        return self.pool(self.forward_features(x))
+        """The family's image embedding: (B, embed_dim_out); see the README's table."""
+        return self._project(self.pool(self.forward_features(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, classes); the embedding when the model has no head."""
-        return self.head(self.embed(x))
+        return self.forward_all(x)[0]
 
     def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, embedding) from one pass; what exporters use."""
-        emb = self.embed(x)
-        return self.head(emb), emb
+        tokens = self.forward_features(x)
+        emb = self._project(self.pool(tokens))
+        if self.head_dist is None:
+            return self.head(emb), emb
+        # DeiT at eval: the mean of the class head and the distillation head
+        return (self.head(tokens[:, 0]) + self.head_dist(tokens[:, 1])) / 2, emb
 
     @torch.no_grad()
     def attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Per layer, the (B, H, N, N) attention probabilities from the reference path."""
-        x = self.embed_tokens(x)
+        x = self.embed_tokens(x)  # the pre-norm included
         maps = []
         for block in self.blocks:
-            maps.append(block.attn.attention_probs(block.norm1(x)))
+            maps.append(block.attn.attention_probs(block.attention_input(x)))
             x = block(x)
         return maps
 
