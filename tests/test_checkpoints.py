@@ -140,7 +140,7 @@ def test_config_argument_gives_num_heads(tmp_path):
 def test_preset_name_as_config(tmp_path):
     ref = timm_model("vit_tiny_patch16_224", depth=1)
     torch.save(ref.state_dict(), tmp_path / "w.pth")
-    with pytest.raises(CheckpointMismatchError, match="expected \\(768, 3, 16, 16\\)"):
+    with pytest.raises(CheckpointError, match="embed_dim 768 \\(the checkpoint: 192\\)"):
         load_model(tmp_path / "w.pth", config="vit_base_patch16_224")
     ours = load_model(tmp_path / "w.pth", config=get_preset("vit_tiny_patch16_224", depth=1))
     assert ours.config == get_preset("vit_tiny_patch16_224", depth=1)
@@ -190,17 +190,22 @@ def test_load_at_new_resolution_matches_timm(tmp_path):
 
     src = timm_model("vit_small_patch16_224", depth=1)
     torch.save(src.state_dict(), tmp_path / "w.pth")
-    # timm's own loader resamples the checkpoint for its model at the new size. Its default
-    # antialias=True switches bicubic to PIL's kernel (a=-0.5) even when upsampling; we use
-    # plain bicubic (a=-0.75) like Hugging Face, so ask timm for that.
+    # timm's own loader resamples the checkpoint for its model at the new size, by default
+    # antialiased (PIL's bicubic kernel, a=-0.5, even when upsampling): a timm checkpoint
+    # follows timm
     ref = timm_model("vit_small_patch16_224", depth=1, img_size=320)
-    ref.load_state_dict(checkpoint_filter_fn(src.state_dict(), ref, antialias=False))
+    ref.load_state_dict(checkpoint_filter_fn(src.state_dict(), ref))
     ours = load_model(tmp_path / "w.pth", img_size=320, num_classes=1000)  # same head kept
     assert ours.config.img_size == 320 and ours.config.preprocess.img_size == 320
     check_against(ref, ours, 320)
-    # our own format resamples the same way
+    # our own format resamples as Hugging Face does (plain bicubic, a=-0.75): a real
+    # difference (up to ~0.1 in logits), which is why each source keeps its own rule
+    plain = timm_model("vit_small_patch16_224", depth=1, img_size=320)
+    plain.load_state_dict(checkpoint_filter_fn(src.state_dict(), plain, antialias=False))
     native = load_model(save_model(load_model(tmp_path / "w.pth"), tmp_path / "ckpt"), img_size=320)
-    check_against(ref, native, 320)
+    check_against(plain, native, 320)
+    with pytest.raises(AssertionError):
+        check_against(ref, native, 320)
 
 
 # ---------------------------------------------------------------- Hugging Face
@@ -309,8 +314,8 @@ def test_hf_unsupported_activation(tmp_path, hf_classifier):
     (tmp_path / "config.json").write_text(json.dumps({**meta, "hidden_act": "relu"}))
     with pytest.raises(CheckpointError, match="hidden_act.*'relu'"):
         load_model(tmp_path)
-    (tmp_path / "config.json").write_text(json.dumps({**meta, "model_type": "deit"}))
-    with pytest.raises(CheckpointError, match="model_type 'deit'"):
+    (tmp_path / "config.json").write_text(json.dumps({**meta, "model_type": "swin"}))
+    with pytest.raises(CheckpointError, match="model_type in .*got 'swin'"):
         load_model(tmp_path)
 
 

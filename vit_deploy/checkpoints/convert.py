@@ -214,14 +214,25 @@ def timm_config(
     fields = tensor_layout(state, source)
     known = PRESETS.get(architecture)
     hidden: dict = {}
+    args = dict(model_args or {})
     if known is not None:
+        differ = [
+            f"{k} {getattr(known, k)} (the checkpoint: {fields[k]})"
+            for k in ("embed_dim", "patch_size", "depth")
+            if k not in args and getattr(known, k) != fields[k]
+        ]
+        if differ:
+            raise CheckpointError(
+                f"{source}: architecture {architecture!r} has {', '.join(differ)}; expected "
+                "the architecture of these tensors (pass another --config NAME, or "
+                "--num-heads N alone)"
+            )
         hidden.update({k: getattr(known, k) for k in HIDDEN_FIELDS})
-        hidden["global_pool"] = known.global_pool if known.global_pool != "map" else "map"
+        hidden["global_pool"] = known.global_pool
         if known.embed_dim != fields["embed_dim"]:
             del hidden["num_heads"]  # the table's heads are for another width
         if known.proj_dim and _is_projection(state, known.proj_dim):
             fields.update(num_classes=0, proj_dim=known.proj_dim)  # timm keeps it as the head
-    args = dict(model_args or {})
     unknown = sorted(set(args) - set(MODEL_ARGS) - set(INERT_MODEL_ARGS))
     if unknown:
         raise AmbiguousCheckpointError(

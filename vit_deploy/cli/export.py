@@ -94,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-verify", action="store_true", help="skip the parity gate (not advised)")
     p.add_argument(
+        "--no-source-parity",
+        action="store_true",
+        help="skip comparing our model with the checkpoint's own library (timm, "
+        "transformers, open_clip), which runs when that library is installed",
+    )
+    p.add_argument(
         "--outputs",
         default=None,
         metavar="NAMES",
@@ -192,6 +198,7 @@ def onnx_options(args: argparse.Namespace):
         fp32_ops=DEFAULT_FP32_OPS if fp32_ops is None else fp32_ops,
         optimize=args.optimize,
         verify=not args.no_verify,
+        source_parity=not args.no_source_parity,
         verify_samples=args.verify_samples,
         attention="native" if args.attention == "triton" else args.attention,
         calibration=args.calibration,
@@ -265,6 +272,15 @@ def print_summary(result, description: str, warnings: list[str]) -> None:
         )
         for line in result.report.table().splitlines():
             print(f"    {line}")
+    source = m.get("source_parity") or {}
+    if source.get("skipped"):
+        print(f"  source parity: skipped ({source['reason']})")
+    elif source:
+        worst = max(source["max_abs_diff_over_scale"].values())
+        print(
+            f"  source parity vs {source['reference']}: PASSED (fp32 gate; max |diff| = "
+            f"{worst:.1e} x output scale)"
+        )
     print(f"  fused ops: {fusion.summary_line(m['fusion'])}")
     for w in [*warnings, *m["fusion"]["warnings"]]:
         print(f"  WARNING: {w}")

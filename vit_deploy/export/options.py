@@ -43,6 +43,9 @@ class OnnxExportOptions:
     fp32_nodes: tuple[str, ...] = ()  # node names kept in fp32 too (beyond the op types)
     optimize: str = "auto"
     verify: bool = True
+    # also compare our model with the checkpoint's own library (timm, transformers,
+    # open_clip) when it is installed: what catches a loader error
+    source_parity: bool = True
     verify_samples: int | None = None  # None: scaled to the model's FLOPs
     # "math": export a copy of the model with the reference attention path (same weights);
     # "native": export the model as built (a 'triton' model maps its custom op to ONNX);
@@ -118,6 +121,8 @@ class OnnxExportOptions:
             args += ["--verify-openvino", ",".join(self.verify_openvino)]
         if not self.verify:
             args.append("--no-verify")
+        if not self.source_parity:
+            args.append("--no-source-parity")
         return args
 
     def output_names(self, num_classes: int) -> list[str]:

@@ -118,3 +118,44 @@ def _as_backend(source, config: ViTConfig) -> Backend:
     if path.is_dir():
         return OrtBackend.from_artifact(path)
     return OrtBackend.from_onnx(path, config)
+
+
+def source_parity(
+    model: VisionTransformer, inputs: ParityInputs, reference: dict[str, np.ndarray]
+) -> dict:
+    """The manifest's "source" section: our fp32 model against the checkpoint's own library
+    on the parity inputs, fp32 gate. Raises ParityError when they differ (a loader error)."""
+    from vit_deploy.checkpoints.source import source_reference
+    from vit_deploy.errors import ParityError
+
+    info = getattr(model, "checkpoint_info", None) or {}
+    run_source, described = source_reference(model)
+    if run_source is None:
+        return {"skipped": True, "reason": described}
+    theirs = run_source(inputs.pixels)
+    names = [n for n in reference if n in theirs]
+    if not names:
+        return {"skipped": True, "reason": f"{described} defines none of {sorted(reference)}"}
+    report = compare_outputs({n: theirs[n] for n in names}, {n: reference[n] for n in names})
+    gate = check_gate(report, "fp32")
+    scale = {n: float(np.abs(theirs[n]).max()) for n in names}
+    section = {
+        "passed": gate.passed,
+        "library": info.get("library"),
+        "reference": described,
+        "gate": gate.to_dict(),
+        "report": report.to_dict(),
+        "max_abs_diff_over_scale": {
+            n: report.outputs[n].max_abs_diff / max(scale[n], 1e-12) for n in names
+        },
+    }
+    if not gate.passed:
+        error = ParityError(
+            f"source parity failed: our model differs from {described} on the same "
+            f"checkpoint, so it was loaded wrong (heads, activation, eps or norm placement?); "
+            "pass --config NAME or --num-heads N, or report the checkpoint. Nothing was "
+            "written.\n" + gate.failure_table() + "\nmeasured:\n" + report.table()
+        )
+        error.report, error.gate = report, gate
+        raise error
+    return section

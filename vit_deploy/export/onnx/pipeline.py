@@ -34,7 +34,13 @@ from vit_deploy.export.onnx.optimize import (
 from vit_deploy.export.options import BATCH_AXIS, INPUT_NAME, OnnxExportOptions
 from vit_deploy.export.parity import GateResult, ParityReport, parity_section, skipped_parity
 from vit_deploy.export.progress import Stages
-from vit_deploy.export.verify import ParityInputs, parity_inputs, reference_outputs, verify_artifact
+from vit_deploy.export.verify import (
+    ParityInputs,
+    parity_inputs,
+    reference_outputs,
+    source_parity,
+    verify_artifact,
+)
 from vit_deploy.manifest import MANIFEST_NAME, file_entry, write_manifest
 from vit_deploy.model.vit import VisionTransformer
 from vit_deploy.runtime.ort_backend import OrtBackend
@@ -240,6 +246,13 @@ def _model_record(model, options, out: Path) -> dict:
     }
 
 
+def _json_safe(value):
+    """The checkpoint record as JSON (its model_args may hold tuples or other values)."""
+    import json
+
+    return json.loads(json.dumps(value, default=str)) if value is not None else None
+
+
 def export_onnx_artifact(
     model: VisionTransformer,
     out: str | os.PathLike,
@@ -303,6 +316,11 @@ def export_onnx_artifact(
         del proto
 
         with stages.stage("verify"):
+            if options.verify and options.source_parity:
+                source_record = source_parity(model, parity.inputs, parity.outputs)
+            else:
+                why = "--no-source-parity" if options.verify else "--no-verify"
+                source_record = skipped_parity(f"source parity disabled ({why})")
             session_graph = staging / ".ort_session.onnx"
             backend = OrtBackend.from_onnx(
                 model_path, cfg, threads=threads, optimized_model_path=session_graph
@@ -365,6 +383,7 @@ def export_onnx_artifact(
                 },
                 "fusion": fusion_report,
                 "parity": parity_record,
+                "source_parity": source_record,
                 **({"serving": serving} if serving else {}),
                 "versions": library_versions(),
                 "export": {
@@ -372,6 +391,7 @@ def export_onnx_artifact(
                         timespec="seconds"
                     ),
                     "source": source,
+                    "checkpoint": _json_safe(getattr(model, "checkpoint_info", None)),
                     **_model_record(model, options, out),
                     "stage_seconds": dict(stages.seconds),
                 },
