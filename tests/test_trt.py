@@ -678,24 +678,69 @@ def test_removed_tensorrt_11_api_is_not_used():
     assert "NetworkDefinitionCreationFlag.STRONGLY_TYPED" in build
 
 
-def test_every_tensorrt_call_cites_its_doc_page():
-    build = TRT_SOURCES[0].read_text()
-    for call in (
-        "create_network",
-        "OnnxParser",
-        "create_builder_config",
-        "set_memory_pool_limit",
-        "builder_optimization_level",
+TRT_CALLS = {
+    TRT_BUILD: (
+        "NetworkFromOnnxPath",
+        "CreateConfig",
+        "EngineBytesFromNetwork",
         "create_optimization_profile",
+        "add_optimization_profile",
         "create_timing_cache",
-        "build_serialized_network",
+        "set_timing_cache",
+        "get_timing_cache",
+        "combine",
+        "serialize",
+        "deserialize_cuda_engine",
+        "create_execution_context",
+        "set_input_shape",
         "create_engine_inspector",
-    ):
-        lines = build.splitlines()
-        # the first line that calls it (code, not a comment)
-        idx = next(i for i, line in enumerate(lines) if f".{call}" in line.split("#")[0])
-        context = "\n".join(lines[max(0, idx - 3) : idx + 1])
-        assert "https://docs.nvidia.com/" in context, f"{call}: no doc URL beside the call"
+        "get_engine_information",
+    ),
+    TRT_SOURCES[1]: (  # the backend
+        "deserialize_cuda_engine",
+        "get_tensor_profile_shape",
+        "device_memory_size_v2",
+        "create_execution_context",
+        "set_device_memory",
+        "set_input_shape",
+        "set_tensor_address",
+        "execute_async_v3",
+    ),
+}
+
+
+def _uses(tree, call: str) -> list:
+    """The functions (innermost first) whose code names ``call`` (attribute or name)."""
+    import ast
+
+    found = []
+    for func in ast.walk(tree):
+        if isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for node in ast.walk(func):
+                if (isinstance(node, ast.Attribute) and node.attr == call) or (
+                    isinstance(node, ast.Name) and node.id == call
+                ):
+                    found.append(func)
+                    break
+    return sorted(found, key=lambda f: f.end_lineno - f.lineno)
+
+
+@pytest.mark.parametrize("source", list(TRT_CALLS), ids=lambda p: p.name)
+def test_every_tensorrt_call_cites_its_doc_page(source):
+    import ast
+
+    text = source.read_text()
+    tree = ast.parse(text)
+    for call in TRT_CALLS[source]:
+        functions = _uses(tree, call)
+        assert functions, f"{source.name}: expected a call to {call}, found none"
+        # the smallest function that makes the call cites the page it follows
+        body = ast.get_source_segment(text, functions[0])
+        assert re.search(r"https://(docs\.nvidia\.com/|github\.com/NVIDIA/)", body), (
+            f"{source.name}: {call}: no doc URL in {functions[0].name}()"
+        )
+    # the 8.x archives describe another API (implicit batch, bindings): no links there
+    assert "archives/tensorrt-8" not in text
 
 
 @pytest.mark.skipif(HAS_TRT_GPU, reason="tests the refusal on machines without TensorRT/GPU")
@@ -1027,7 +1072,7 @@ def test_engine_matches_pytorch_inside_and_outside_profile(built_engine, batch):
     x = _pixels(batch).cuda()
     with torch.no_grad():
         ref_logits, ref_emb = model.forward_all(x)
-    got = backend(x)
+    got = backend.run_device(x)
     assert got["logits"].is_cuda and got["logits"].shape == ref_logits.shape
     assert torch.isfinite(got["logits"]).all()
     # fp16 engine vs fp32 PyTorch: same decisions, close values
@@ -1048,8 +1093,8 @@ def test_cuda_graph_path_matches_eager(built_engine):
     graphed = TensorRTBackend(out, cuda_graphs=True)
     for batch in (3, 8, 11):
         x = _pixels(batch, seed=batch).cuda()
-        a, b = eager(x), graphed(x)
-        b2 = graphed(x)  # replay
+        a, b = eager.run_device(x), graphed.run_device(x)
+        b2 = graphed.run_device(x)  # replay
         for name in eager.output_names:
             # same engine, same kernels: expected bitwise equal; the default fp32 tolerance
             # only absorbs a tactic whose reduction order is not deterministic
@@ -1064,11 +1109,48 @@ def test_wrong_shape_and_dtype_are_typed_errors(built_engine):
 
     backend = TensorRTBackend(built_engine[0])
     with pytest.raises(InputShapeError, match=r"expected images of shape \(3, 32, 32\)"):
-        backend(torch.zeros(2, 3, 64, 64, device="cuda"))
+        backend.run_device(torch.zeros(2, 3, 64, 64, device="cuda"))
     with pytest.raises(InputShapeError, match="4-D"):
-        backend(torch.zeros(3, 32, 32, device="cuda"))
+        backend.run_device(torch.zeros(3, 32, 32, device="cuda"))
     with pytest.raises(InputDTypeError, match="expected float32 pixels"):
-        backend(torch.zeros(2, 3, 32, 32, device="cuda", dtype=torch.float64))
+        backend.run_device(torch.zeros(2, 3, 32, 32, device="cuda", dtype=torch.float64))
+    with pytest.raises(InputDTypeError, match="expected float32 pixels"):
+        backend(np.zeros((2, 3, 32, 32), np.float64))
+    assert isinstance(backend.check_input(np.zeros((2, 3, 32, 32), np.float32)), np.ndarray)
+
+
+@pytest.mark.gpu
+@requires_trt
+def test_run_device_is_ordered_with_the_callers_stream(built_engine):
+    # our stream waits for the caller's and the caller's for ours: no host sync needed
+    from vit_deploy.runtime.tensorrt.backend import TensorRTBackend
+
+    for cuda_graphs in (False, True):
+        backend = TensorRTBackend(built_engine[0], cuda_graphs=cuda_graphs)
+        x = _pixels(8).cuda()
+        ref = backend.run_device(x)["logits"].clone()
+        torch.cuda.synchronize()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            torch.cuda._sleep(50_000_000)  # the input is written late on the caller's stream
+            y = x * 1.0
+            got = backend.run_device(y)["logits"] * 1.0  # read on the caller's stream at once
+        torch.cuda.synchronize()
+        torch.testing.assert_close(got, ref)
+
+
+@pytest.mark.gpu
+@requires_trt
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_a_tensor_on_another_gpu_is_refused(built_engine):
+    from vit_deploy.errors import InputDeviceError
+    from vit_deploy.runtime.tensorrt.backend import TensorRTBackend
+
+    backend = TensorRTBackend(built_engine[0], device=0)
+    with pytest.raises(InputDeviceError, match="expected a tensor on cuda:0"):
+        backend.run_device(_pixels(2).to("cuda:1"))
+    assert torch.cuda.current_device() == 0
 
 
 @pytest.mark.gpu

@@ -2,13 +2,19 @@
 
 This is the only code of the export that calls TensorRT, kept thin: every decision
 (profile, precision, fp32 keep list, fusion report, compatibility) is made elsewhere
-without TensorRT and tested without a GPU. Each call cites the NVIDIA documentation
-page it follows, beside the call.
+without TensorRT and tested without a GPU. The build goes through NVIDIA Polygraphy's
+loaders (tested by NVIDIA on real TensorRT): ``NetworkFromOnnxPath(strongly_typed=True)``,
+``CreateConfig`` and ``EngineBytesFromNetwork``. Two things Polygraphy does not check are
+ours: the optimisation profile's index (-1: TensorRT refused it) and the timing cache
+(``set_timing_cache`` returns False for a cache from another device or TensorRT; after the
+build ``get_timing_cache`` may return None), loaded, checked, merged and saved atomically
+under a lock (``vit_deploy.storage``).
 
-The network is strongly typed (TensorRT 11 is always; on 10.12+ we pass the
-STRONGLY_TYPED flag), so every tensor keeps the type the ONNX graph gives it; TF32 is
-off so fp32 in the graph means fp32 in the engine. Importing this module does not
-import TensorRT.
+The network is strongly typed: ``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` exists
+since TensorRT 10.0; 10.12 deprecated the weak-typing builder flags and 11.x removed them
+(and always builds strongly typed). Every tensor keeps the type the ONNX graph gives it;
+TF32 is off (Polygraphy's default) so fp32 in the graph means fp32 in the engine.
+Importing this module imports neither TensorRT nor Polygraphy.
 """
 
 from __future__ import annotations
@@ -21,11 +27,11 @@ from pathlib import Path
 from vit_deploy.batch_profile import BatchProfile
 from vit_deploy.errors import ConfigError, ExportError
 
+log = logging.getLogger("vit_deploy.export.trt")
+
 OPT_LEVELS = range(0, 6)  # IBuilderConfig.builder_optimization_level: 0..5, TensorRT's default 3
 DEFAULT_OPT_LEVEL = 3
 DEFAULT_WORKSPACE_GIB = 4.0
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -61,80 +67,123 @@ def build_engine(
 ) -> bytes:
     """A serialized, strongly typed engine for ``onnx_path`` (the GPU-only part)."""
     import tensorrt as trt
+    from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath
+    from polygraphy.exception import PolygraphyException
+    from polygraphy.logger import G_LOGGER
 
-    logger = trt.Logger(trt.Logger.WARNING)
-    # https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/Builder.html
-    builder = trt.Builder(logger)
-    # STRONGLY_TYPED: every tensor keeps the ONNX graph's type. Required on 10.12+ for that
-    # behaviour; "deprecated ... retained for API compatibility but is ignored" on 11.x:
-    # https://docs.nvidia.com/deeplearning/tensorrt/11.0.0/_static/python-api/infer/Core/Builder.html
-    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flags)
-    # OnnxParser(network, logger); parse_from_file(path) -> bool; num_errors; get_error(i)
-    # https://docs.nvidia.com/deeplearning/tensorrt/archives/tensorrt-861/api/python_api/parsers/Onnx/pyOnnx.html
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(os.fspath(onnx_path)):
-        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise ExportError(
-            f"TensorRT could not parse {onnx_path}: " + ("; ".join(errors) or "no parser errors")
-        )
-
-    # https://docs.nvidia.com/deeplearning/tensorrt/api/python_api/infer/Core/BuilderConfig.html
-    config = builder.create_builder_config()
-    # https://docs.nvidia.com/deeplearning/tensorrt/api/python_api/infer/Core/BuilderConfig.html
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gib * 2**30))
-    # https://docs.nvidia.com/deeplearning/tensorrt/api/python_api/infer/Core/BuilderConfig.html
-    config.builder_optimization_level = options.opt_level
-    # DETAILED: the engine inspector lists every layer's kernel and tensor types (fusion report)
-    # https://docs.nvidia.com/deeplearning/tensorrt/api/python_api/infer/Core/BuilderConfig.html
-    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
-    # TF32 is on by default and would round the fp32 islands' matmuls to 10-bit mantissas;
-    # fp32 in the graph means fp32 here. BuilderFlag.TF32: "Enabled by default."
-    # https://docs.nvidia.com/deeplearning/tensorrt/api/python_api/infer/Core/BuilderConfig.html
-    config.clear_flag(trt.BuilderFlag.TF32)
-
-    # https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/OptimizationProfile.html
-    profile = builder.create_optimization_profile()
-    shape_min, shape_opt, shape_max = options.profile.shapes(in_chans, img_size)
-    profile.set_shape(input_name, shape_min, shape_opt, shape_max)
-    # https://docs.nvidia.com/deeplearning/tensorrt/api/python_api/infer/Core/BuilderConfig.html
-    config.add_optimization_profile(profile)
-
-    # Timing cache: createTimingCache(blob) (empty blob: a new cache), setTimingCache(cache,
-    # ignore_mismatch=False), and after the build cache.serialize():
-    # https://docs.nvidia.com/deeplearning/tensorrt/10.16.1/performance/builder-performance.html
     cache_path = Path(options.timing_cache) if options.timing_cache else None
-    blob = cache_path.read_bytes() if cache_path and cache_path.is_file() else b""
-    # https://docs.nvidia.com/deeplearning/tensorrt/api/python_api/infer/Core/TimingCache.html
-    cache = config.create_timing_cache(blob)
-    config.set_timing_cache(cache, False)
-
-    # Builder.build_serialized_network(network, config) -> IHostMemory, or None on failure
-    # https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/Builder.html
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise ExportError(
-            f"TensorRT could not build an engine from {onnx_path} (see the TensorRT log above); "
-            f"profile {options.profile}, workspace {options.workspace_gib:g} GiB"
-        )
-    if cache_path is not None:
-        # https://docs.nvidia.com/deeplearning/tensorrt/api/python_api/infer/Core/TimingCache.html
-        from vit_deploy.storage import output_lock
-
-        # concurrent builds sharing one cache: read, merge and write under its lock, so
-        # a build that finished meanwhile keeps its entries (Polygraphy does the same)
-        with output_lock(cache_path, wait=None, what="TensorRT timing cache"):
-            ours = config.get_timing_cache()
-            now = cache_path.read_bytes() if cache_path.is_file() else b""
-            # ITimingCache.combine(input_cache, ignore_mismatch) -> bool
-            # https://docs.nvidia.com/deeplearning/tensorrt/api/python_api/infer/Core/TimingCache.html
-            if now and now != blob and not ours.combine(config.create_timing_cache(now), False):
-                log.warning(
-                    "timing cache %s: expected one from this GPU and TensorRT to merge, got "
-                    "another; it is replaced by this build's", cache_path
-                )  # fmt: skip
-            write_atomic(cache_path, bytes(ours.serialize()))
+    with G_LOGGER.verbosity(G_LOGGER.WARNING):
+        try:
+            # Builder.create_network(1 << STRONGLY_TYPED), OnnxParser.parse_from_file; parser
+            # errors raise: https://github.com/NVIDIA/TensorRT/tree/main/tools/Polygraphy
+            builder, network, parser = NetworkFromOnnxPath(
+                os.fspath(onnx_path), strongly_typed=True
+            )()
+        except PolygraphyException as exc:
+            raise ExportError(f"TensorRT could not parse {onnx_path}: {exc}") from exc
+        # IBuilderConfig: set_memory_pool_limit(WORKSPACE), builder_optimization_level,
+        # profiling_verbosity = DETAILED (the inspector then lists every layer's kernel and
+        # tensor types: the fusion report), TF32 cleared:
+        # https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/BuilderConfig.html
+        config = CreateConfig(
+            profiles=[],  # ours below, with its index checked
+            memory_pool_limits={trt.MemoryPoolType.WORKSPACE: int(options.workspace_gib * 2**30)},
+            builder_optimization_level=options.opt_level,
+            profiling_verbosity=trt.ProfilingVerbosity.DETAILED,
+        )(builder, network)
+        add_profile(builder, config, input_name, options.profile.shapes(in_chans, img_size))
+        load_timing_cache(config, cache_path)
+        try:
+            # Builder.build_serialized_network(network, config) -> IHostMemory or None:
+            # https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/Builder.html
+            serialized = EngineBytesFromNetwork((builder, network, parser), config)()
+        except PolygraphyException as exc:
+            raise ExportError(
+                f"TensorRT could not build an engine from {onnx_path} (see the TensorRT log "
+                f"above); profile {options.profile}, workspace {options.workspace_gib:g} GiB"
+            ) from exc
+        if cache_path is not None:
+            save_timing_cache(config, cache_path)
     return bytes(serialized)
+
+
+def add_profile(builder, config, input_name: str, shapes) -> int:
+    """Add the one optimisation profile; ExportError if TensorRT refuses it.
+
+    IBuilderConfig.add_optimization_profile(profile) -> int: "the index of the optimization
+    profile (starting from 0) if the input is valid, or -1 if the input is not valid":
+    https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/BuilderConfig.html
+    IOptimizationProfile.set_shape(input, min, opt, max):
+    https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/OptimizationProfile.html
+    """
+    profile = builder.create_optimization_profile()
+    profile.set_shape(input_name, *shapes)
+    index = config.add_optimization_profile(profile)
+    if index < 0:
+        raise ExportError(
+            f"TensorRT refused the optimisation profile for input {input_name!r} "
+            f"(min/opt/max {' / '.join(map(str, shapes))}): expected a profile index >= 0, "
+            f"got {index}"
+        )
+    return index
+
+
+def load_timing_cache(config, path: Path | None) -> None:
+    """Give the build a timing cache: the file's (if it is there and TensorRT takes it), else
+    an empty one. A cache from another device or TensorRT is refused by TensorRT
+    (``set_timing_cache`` returns False); then the build starts from an empty cache.
+
+    IBuilderConfig.create_timing_cache(blob), set_timing_cache(cache, ignore_mismatch) -> bool:
+    https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/BuilderConfig.html
+    The flow (create, set, serialize after the build):
+    https://docs.nvidia.com/deeplearning/tensorrt/10.16.1/performance/builder-performance.html
+    """
+    from vit_deploy.storage import output_lock
+
+    blob = b""
+    if path is not None and path.is_file():
+        with output_lock(path, wait=None, what="timing cache"):
+            blob = path.read_bytes()
+    if blob:
+        if config.set_timing_cache(config.create_timing_cache(blob), False):
+            log.info("timing cache %s loaded (%d bytes)", path, len(blob))
+            return
+        log.warning(
+            "timing cache %s: TensorRT refused it (built on another device or TensorRT "
+            "version); building with an empty cache, and leaving that file as it is",
+            path,
+        )
+    if not config.set_timing_cache(config.create_timing_cache(b""), False):
+        raise ExportError("TensorRT refused an empty timing cache: expected True, got False")
+
+
+def save_timing_cache(config, path: Path) -> bool:
+    """Merge this build's timing cache into ``path`` (re-read under the lock: another build
+    may have saved since) and write it atomically; False (with a warning) when there is
+    nothing to save or the file's cache is from another device (it is left alone).
+
+    IBuilderConfig.get_timing_cache() (None without a cache), ITimingCache.combine(input_cache,
+    ignore_mismatch) -> bool, ITimingCache.serialize() -> IHostMemory:
+    https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/BuilderConfig.html
+    """
+    from vit_deploy.storage import output_lock
+
+    cache = config.get_timing_cache()
+    if cache is None:
+        log.warning("timing cache %s not updated: TensorRT returned no timing cache", path)
+        return False
+    with output_lock(path, wait=None, what="timing cache"):
+        if path.is_file() and path.stat().st_size:
+            previous = config.create_timing_cache(path.read_bytes())
+            if not cache.combine(previous, False):
+                log.warning(
+                    "timing cache %s not updated: it holds another device's or TensorRT's "
+                    "timings (pass a --timing-cache file per GPU and TensorRT version)",
+                    path,
+                )
+                return False
+        write_atomic(path, bytes(cache.serialize()))
+    return True
 
 
 def inspect_engine(serialized: bytes, input_name: str, opt_shape: tuple[int, ...]) -> str:
@@ -142,14 +191,17 @@ def inspect_engine(serialized: bytes, input_name: str, opt_shape: tuple[int, ...
     import tensorrt as trt
 
     logger = trt.Logger(trt.Logger.WARNING)
-    # https://docs.nvidia.com/deeplearning/tensorrt/archives/tensorrt-843/api/python_api/infer/Core/Runtime.html
+    # Runtime(logger).deserialize_cuda_engine(serialized_engine) -> ICudaEngine or None:
+    # https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/Runtime.html
     runtime = trt.Runtime(logger)
     engine = runtime.deserialize_cuda_engine(serialized)
     if engine is None:
         raise ExportError("Could not deserialize the engine just built")
+    # create_execution_context(); set_input_shape(name, shape) -> bool:
     # https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/ExecutionContext.html
     context = engine.create_execution_context()
-    context.set_input_shape(input_name, opt_shape)
+    if not context.set_input_shape(input_name, opt_shape):
+        raise ExportError(f"the engine refused input shape {opt_shape}: expected True, got False")
     # ICudaEngine.create_engine_inspector(); with an execution context whose input shapes
     # are set, formats and types of dynamic-shape tensors are concrete:
     # https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/EngineInspector.html
@@ -168,6 +220,9 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 __all__ = [
     "BuildOptions",
+    "add_profile",
+    "load_timing_cache",
+    "save_timing_cache",
     "DEFAULT_OPT_LEVEL",
     "DEFAULT_WORKSPACE_GIB",
     "OPT_LEVELS",

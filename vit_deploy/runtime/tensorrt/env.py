@@ -23,7 +23,9 @@ from vit_deploy.batch_profile import BatchProfile
 from vit_deploy.errors import BackendUnavailableError, ManifestError
 
 ENGINE_SECTION_FORMAT = "vit_deploy.engine/1"
-MIN_TENSORRT = (10, 12)  # first release with the STRONGLY_TYPED network flag we rely on
+# The oldest release whose API surface CI checks (tests/data/trt_api). STRONGLY_TYPED exists
+# since 10.0; 10.12 deprecated the weak-typing builder flags that 11.x removed.
+MIN_TENSORRT = (10, 12)
 ENGINE_FILE = "model.engine"
 
 # --------------------------------------------------------------------------------------
