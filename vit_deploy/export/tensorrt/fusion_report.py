@@ -1,10 +1,19 @@
-"""Fusion report: did each encoder block's attention become one fused MHA kernel?
+"""Fusion report: did each encoder block's attention become one fused kernel?
 
 Read from the engine inspector's layers (``trt_inspect``) and the ONNX names of each
-block's attention-core nodes (``trt_graph.attention_core_nodes``). The rule is a
-heuristic, because kernel names are not a documented TensorRT API (see
-``FUSION_HEURISTIC``): a changed naming reads as "not fused" or "unknown", never as
-fused.
+block's attention-core nodes (``trt_graph.attention_core_nodes``: Q·Kᵀ, softmax, P·V).
+
+The status comes from structure, i.e. what the inspector documents: every engine layer
+lists the ONNX nodes it implements (``"Metadata": "[ONNX Layer: ...]"``). A block is
+``fused`` when one layer implements all of its attention-core nodes, ``not_fused`` when
+they are spread over several layers, ``unknown`` when no layer names them or they sit in
+an opaque Myelin region.
+
+Kernel names (``TacticName``, TensorRT-generated layer names such as ``_gemm_mha_v2_*``)
+are not a documented API: ``is_fused_attention_layer`` reads them as a hint only, recorded
+beside the status as unverified (``KERNEL_HINT_STATUS``), never deciding it, until a real
+engine's JSON (``scripts/gpu_check.sh`` saves one as ``trt_inspector.json``) confirms the
+markers.
 """
 
 from __future__ import annotations
@@ -25,12 +34,15 @@ from vit_deploy.export.tensorrt.graph import NodeInfo, block_index, is_attention
 FUSED_ATTENTION_MARKERS = ("mha", "fmha", "flash", "attention")
 _NAME_MARKER_RE = re.compile(r"(^|[^a-z0-9])(_?gemm_mha|fmha|mha_v\d|flash)", re.IGNORECASE)
 
+KERNEL_HINT_STATUS = "unverified: no real engine's inspector JSON has been checked yet"
 FUSION_HEURISTIC = (
-    "a block counts as fused when a layer implementing its attention matmuls/softmax "
-    "(matched through the '[ONNX Layer: ...]' metadata) has a kernel (TacticName) or "
-    "layer type containing one of " + ", ".join(FUSED_ATTENTION_MARKERS) + " or a "
-    "TensorRT-generated name such as _gemm_mha_v2_*; kernel names are not a documented "
-    "TensorRT API, so a changed naming reads as 'not fused' or 'unknown', never as fused"
+    "a block counts as fused when one engine layer implements all of its attention-core "
+    "ONNX nodes (Q·Kᵀ matmul, softmax, P·V matmul; read from the inspector's "
+    "'[ONNX Layer: ...]' metadata); kernel names containing one of "
+    + ", ".join(FUSED_ATTENTION_MARKERS)
+    + " or TensorRT-generated names such as _gemm_mha_v2_* are recorded as a hint only ("
+    + KERNEL_HINT_STATUS
+    + ")"
 )
 
 
@@ -48,9 +60,10 @@ def is_fused_attention_layer(layer: LayerInfo) -> bool:
 @dataclass(frozen=True)
 class BlockFusion:
     block: int
-    status: str  # fused / not_fused / unknown
+    status: str  # fused / not_fused / unknown (from structure)
     layers: tuple[str, ...] = ()
     reason: str = ""
+    kernel_hint: bool = False  # a kernel name looks like fused MHA (unverified heuristic)
 
 
 @dataclass(frozen=True)
@@ -76,12 +89,19 @@ class FusionReport:
             "depth": self.depth,
             "fused_blocks": self.n_fused,
             "blocks": [
-                {"block": b.block, "status": b.status, "layers": list(b.layers), "reason": b.reason}
+                {
+                    "block": b.block,
+                    "status": b.status,
+                    "layers": list(b.layers),
+                    "reason": b.reason,
+                    "kernel_hint": b.kernel_hint,
+                }
                 for b in self.blocks
             ],
             "fused_layers": list(self.fused_layers),
             "reason": self.reason,
             "heuristic": self.heuristic,
+            "kernel_hints": KERNEL_HINT_STATUS,
         }
 
 
@@ -104,44 +124,52 @@ def fusion_report(
             "ProfilingVerbosity.DETAILED to see kernels",
         )
 
-    def blocks_of(layer: LayerInfo) -> set[int]:
-        found = set()
+    def core_refs(layer: LayerInfo) -> dict[int, set[str]]:
+        """block -> the attention-core ONNX nodes of that block this layer implements."""
+        found: dict[int, set[str]] = {}
         for ref in layer.onnx_refs:
             if core_nodes is not None:
-                if ref in core_nodes:
-                    found.add(core_nodes[ref])
+                b = core_nodes.get(ref)
             else:
-                node = NodeInfo(ref, "", ref)
                 b = block_index(ref)
-                if b is not None and is_attention_core(node):
-                    found.add(b)
+                if b is not None and not is_attention_core(NodeInfo(ref, "", ref)):
+                    b = None
+            if b is not None:
+                found.setdefault(b, set()).add(ref)
         return found
 
-    per_block: dict[int, list[LayerInfo]] = {b: [] for b in range(depth)}
-    fused_names = []
+    per_block: dict[int, list[tuple[LayerInfo, set[str]]]] = {b: [] for b in range(depth)}
+    hinted = []
     for layer in info.layers:
-        fused = is_fused_attention_layer(layer)
-        if fused:
-            fused_names.append(layer.name)
-        for b in blocks_of(layer):
-            per_block.setdefault(b, []).append(layer)
+        if is_fused_attention_layer(layer):
+            hinted.append(layer.name)
+        for b, refs in core_refs(layer).items():
+            per_block.setdefault(b, []).append((layer, refs))
+    wanted: dict[int, set[str]] = {}
+    if core_nodes is not None:
+        for name, b in core_nodes.items():
+            wanted.setdefault(b, set()).add(name)
 
     blocks = []
     for b in sorted(per_block):
-        layers = per_block[b]
-        names = tuple(layer.name for layer in layers)
-        if any(is_fused_attention_layer(layer) for layer in layers):
-            blocks.append(BlockFusion(b, "fused", names))
-        elif not layers:
+        entries = per_block[b]
+        names = tuple(layer.name for layer, _ in entries)
+        hint = any(is_fused_attention_layer(layer) for layer, _ in entries)
+        core = wanted.get(b) or set().union(*(refs for _, refs in entries))
+        if not entries:
             blocks.append(BlockFusion(b, "unknown", (), "no layer names this block's attention"))
-        elif any(layer.layer_type.lower() == "myelin" for layer in layers):
-            blocks.append(
-                BlockFusion(
-                    b, "unknown", names, "inside an opaque Myelin region; kernels not listed"
-                )
-            )
+        elif any(layer.layer_type.lower() == "myelin" for layer, _ in entries):
+            reason = "inside an opaque Myelin region; kernels not listed"
+            blocks.append(BlockFusion(b, "unknown", names, reason, hint))
+        elif len(core) < 2:
+            reason = f"only {sorted(core)} of the attention core is named; cannot tell"
+            blocks.append(BlockFusion(b, "unknown", names, reason, hint))
+        elif any(refs >= core for _, refs in entries):
+            one = next(layer.name for layer, refs in entries if refs >= core)
+            blocks.append(BlockFusion(b, "fused", (one,), "", hint))
         else:
-            blocks.append(BlockFusion(b, "not_fused", names, "attention runs as separate kernels"))
+            reason = f"attention runs as {len(entries)} separate layers"
+            blocks.append(BlockFusion(b, "not_fused", names, reason, hint))
 
     n_fused = sum(x.status == "fused" for x in blocks)
     n_not = sum(x.status == "not_fused" for x in blocks)
@@ -153,15 +181,14 @@ def fusion_report(
         status, reason = "not_fused", "no block's attention became a fused kernel"
     elif n_fused:
         status, reason = "partial", "some blocks could not be attributed"
-    elif fused_names:
-        # fused kernels exist but none maps onto a block (names could not be attributed)
-        status = "fused" if len(fused_names) >= depth else "partial"
-        reason = (
-            f"{len(fused_names)} fused attention kernels for {depth} blocks (counted, not mapped)"
-        )
     else:
         status, reason = "unknown", "no attention layer could be attributed to a block"
-    return FusionReport(depth, status, tuple(blocks), tuple(fused_names), reason)
+        if hinted:
+            reason += (
+                f"; {len(hinted)} layers have fused-MHA-like kernel names ({KERNEL_HINT_STATUS})"
+            )
+    fused_layers = tuple(n for blk in blocks if blk.status == "fused" for n in blk.layers)
+    return FusionReport(depth, status, tuple(blocks), fused_layers, reason)
 
 
 def format_fusion_report(report: FusionReport) -> str:
@@ -183,6 +210,7 @@ def format_fusion_report(report: FusionReport) -> str:
 
 __all__ = [
     "BlockFusion",
+    "KERNEL_HINT_STATUS",
     "FUSED_ATTENTION_MARKERS",
     "FUSION_HEURISTIC",
     "FusionReport",
