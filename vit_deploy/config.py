@@ -268,9 +268,8 @@ _CLIP = dict(crop_pct=1.0, mean=CLIP_MEAN, std=CLIP_STD, pre_norm=True, norm_eps
 _CLIP_EMBED = dict(_CLIP, num_classes=0)
 _DINOV2 = dict(crop_pct=1.0, mean=IMAGENET_MEAN, std=IMAGENET_STD, init_values=1e-5)
 _DINOV2 = dict(_DINOV2, num_classes=0)
-_SIGLIP = dict(
-    crop_pct=1.0, num_classes=0, class_token=False, global_pool="map", act_layer="gelu_tanh"
-)
+# timm's SigLIP ports use exact GELU; Hugging Face's config says gelu_pytorch_tanh
+_SIGLIP = dict(crop_pct=1.0, num_classes=0, class_token=False, global_pool="map")
 
 # The table of known architectures, named as timm names them; what no tensor shape
 # shows (heads, activation, eps, pre/post-norm, pooling, token layout) comes from here

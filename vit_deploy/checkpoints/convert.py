@@ -118,8 +118,12 @@ INERT_MODEL_ARGS = (
 )
 
 
-def tensor_layout(state: Mapping[str, torch.Tensor], source: str) -> dict:
-    """Every ViTConfig field that the tensors' names and shapes show."""
+def tensor_layout(
+    state: Mapping[str, torch.Tensor], source: str, img_size: int | None = None
+) -> dict:
+    """Every ViTConfig field that the tensors' names and shapes show. ``img_size`` (from
+    metadata) settles the one ambiguity: tiny grids whose positions may or may not cover
+    the prefix tokens (3x3 + 5 registers = 2x2 + ...)."""
     for name in ("patch_embed.proj.weight", "pos_embed"):
         if name not in state:
             found = ", ".join(sorted(state)[:8])
@@ -139,7 +143,8 @@ def tensor_layout(state: Mapping[str, torch.Tensor], source: str) -> dict:
     reg = state.get("reg_token")
     reg_tokens = int(reg.shape[1]) if reg is not None and reg.ndim == 3 else 0
     prefix = int(class_token) + int(distilled) + reg_tokens
-    grid = _grid(state["pos_embed"], prefix, source)
+    hint = img_size // patch_size if img_size and img_size % patch_size == 0 else None
+    grid = _grid(state["pos_embed"], prefix, source, hint)
     fc1 = state.get("blocks.0.mlp.fc1.weight")
     has_norm, has_fc_norm = "norm.weight" in state, "fc_norm.weight" in state
     if "attn_pool.latent" in state:
@@ -177,14 +182,19 @@ def tensor_layout(state: Mapping[str, torch.Tensor], source: str) -> dict:
     }
 
 
-def _grid(pos: torch.Tensor, prefix: int, source: str) -> int:
+def _grid(pos: torch.Tensor, prefix: int, source: str, hint: int | None = None) -> int:
     """The square patch grid of a position table with all, none or only the first of the
     ``prefix`` tokens' positions (timm's no_embed_class; HF DINOv2 with registers)."""
     rows = pos.shape[1] if pos.ndim == 3 else -1
+    grids = []
     for with_positions in dict.fromkeys((prefix, 0, min(prefix, 1))):
         grid = math.isqrt(max(rows - with_positions, 0))
         if grid and grid * grid == rows - with_positions:
-            return grid
+            grids.append(grid)
+    if hint in grids:
+        return hint
+    if grids:
+        return grids[0]
     raise CheckpointError(
         f"{source}: pos_embed has {rows} positions; expected {prefix} prefix position(s) "
         "(or none) plus a square grid of patches"
@@ -211,14 +221,15 @@ def timm_config(
     from vit_deploy.config import PRESETS
 
     refuse_unsupported(state, source, architecture)
-    fields = tensor_layout(state, source)
     known = PRESETS.get(architecture)
+    size_hint = preprocess.img_size if preprocess else None
+    fields = tensor_layout(state, source, size_hint or (known.img_size if known else None))
     hidden: dict = {}
     args = dict(model_args or {})
     if known is not None:
         differ = [
             f"{k} {getattr(known, k)} (the checkpoint: {fields[k]})"
-            for k in ("embed_dim", "patch_size", "depth")
+            for k in ("embed_dim", "patch_size")
             if k not in args and getattr(known, k) != fields[k]
         ]
         if differ:

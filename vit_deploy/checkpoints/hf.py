@@ -49,14 +49,14 @@ DEFAULT_EPS = {"vit": 1e-12, "deit": 1e-12, "dinov2": 1e-6, "clip": 1e-5, "sigli
 DEFAULT_ACT = {"vit": "gelu", "deit": "gelu", "dinov2": "gelu", "clip": "quick_gelu"}
 DEFAULT_ACT["siglip"] = "gelu_pytorch_tanh"
 PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
-# each family's processor when the folder has no preprocessor_config.json:
-# (resize size or None for the model's, crop or None, squash?, resample, mean, std)
+# each family's processor when the folder has no preprocessor_config.json, at the
+# model's resolution: (crop / resize, squash?, resample, mean, std)
 DEFAULT_PROCESSORS = {
-    "vit": (None, None, True, 2, (0.5,) * 3, (0.5,) * 3),
-    "deit": (256, 224, True, 3, IMAGENET_MEAN, IMAGENET_STD),
-    "clip": (None, None, False, 3, CLIP_MEAN, CLIP_STD),
-    "dinov2": (256, 224, False, 3, IMAGENET_MEAN, IMAGENET_STD),
-    "siglip": (None, None, True, 3, (0.5,) * 3, (0.5,) * 3),
+    "vit": (1.0, True, 2, (0.5,) * 3, (0.5,) * 3),
+    "deit": (224 / 256, True, 3, IMAGENET_MEAN, IMAGENET_STD),
+    "clip": (1.0, False, 3, CLIP_MEAN, CLIP_STD),
+    "dinov2": (224 / 256, False, 3, IMAGENET_MEAN, IMAGENET_STD),
+    "siglip": (1.0, True, 3, (0.5,) * 3, (0.5,) * 3),
 }
 
 _PREFIXES = ("vit.", "deit.", "dinov2.", "vision_model.")
@@ -279,7 +279,8 @@ def _square(value, name: str, source: str) -> int:
 def hf_preprocess(family: str, img_size: int, processor: Mapping | None, source: str) -> Preprocess:
     """The processor's resize, crop, resample and mean/std (the family's defaults where the
     folder has no preprocessor_config.json)."""
-    resize, crop, squash, resample, mean, std = DEFAULT_PROCESSORS[family]
+    crop_pct, squash, resample, mean, std = DEFAULT_PROCESSORS[family]
+    resize = crop = None
     if processor:
         size = processor.get("size")
         squash = not (isinstance(size, Mapping) and "shortest_edge" in size)
@@ -296,7 +297,9 @@ def hf_preprocess(family: str, img_size: int, processor: Mapping | None, source:
             std = processor.get("image_std", std)
         else:
             mean, std = (0.0,) * 3, (1.0,) * 3
-    crop = crop or resize or img_size
+    if crop is None and resize is None:
+        crop, resize = img_size, img_size / crop_pct
+    crop = crop or resize
     resize = resize or crop
     interpolation = PIL_RESAMPLE.get(resample)
     if interpolation is None:
