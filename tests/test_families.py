@@ -140,8 +140,8 @@ def test_timm_resampling_is_antialiased_like_timm(tmp_path):
     _, folder = timm_hub_folder(tmp_path, arch, {"depth": 1, "img_size": 70})
     ours = load_model(folder, img_size=112)
     ref = timm.create_model(arch, pretrained=False, depth=1, img_size=112)
-    from timm.models.vision_transformer import checkpoint_filter_fn
     from safetensors.torch import load_file
+    from timm.models.vision_transformer import checkpoint_filter_fn
 
     ref.load_state_dict(checkpoint_filter_fn(load_file(folder / "model.safetensors"), ref))
     x = pixels(112)

@@ -44,7 +44,8 @@ def denormalize(model: VisionTransformer, pixels: torch.Tensor | np.ndarray) -> 
 
 
 def _patch_offset(model: VisionTransformer) -> int:
-    return int(model.config.class_token)
+    # patches follow the class, distillation and register tokens
+    return model.config.num_prefix_tokens
 
 
 def attention_probs(model: VisionTransformer, pixels: ImageLike) -> np.ndarray:
@@ -143,12 +144,12 @@ def attention_rollout(
 ) -> np.ndarray:
     """(G, G): how much each patch flows into CLS through all layers, by rollout.
 
-    Without a class token there is no single output token; the rollout rows of
-    all tokens are averaged instead (where a mean-pooling head reads from)."""
+    Without a class token there is no single output token; the rollout rows of the
+    patch tokens are averaged instead (what mean pooling and SigLIP's MAP head read)."""
     probs = attention_probs(model, pixels) if probs is None else probs
     rollout = rollout_matrix(probs)
     off = _patch_offset(model)
-    row = rollout[0] if model.config.class_token else rollout.mean(axis=0)
+    row = rollout[0] if model.config.class_token else rollout[off:].mean(axis=0)
     g = model.config.grid_size
     return row[off:].reshape(g, g)
 
