@@ -68,7 +68,8 @@ class OutputPlan:
         fmt = OUTPUT_FORMATS.get(out.suffix.lower())
         if fmt is None:
             raise OutputPathError(
-                f"--out: expected a file ending in {' or '.join(OUTPUT_FORMATS)}, got {str(out)!r}"
+                f"expected a file ending in {' or '.join(OUTPUT_FORMATS)}, got {str(out)!r}",
+                option="out",
             )
         paths = out.with_name(out.name + ".paths.txt") if fmt == "npy" else None
         errors = Path(errors) if errors is not None else out.with_name(out.name + ".errors.jsonl")

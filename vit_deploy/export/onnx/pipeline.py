@@ -64,11 +64,14 @@ class ExportResult:
 def check_out(out: Path) -> None:
     """``out`` must be new, or an earlier export (with a manifest) to replace."""
     if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out: expected a directory, got {str(out)!r} (an existing file)")
+        raise ConfigError(
+            f"expected a directory, got {str(out)!r} (an existing file)", option="out"
+        )
     if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
         raise ConfigError(
-            f"--out: expected a new directory or an earlier export to replace, got {str(out)!r} "
-            f"(not empty and has no {MANIFEST_NAME})"
+            f"expected a new directory or an earlier export to replace, got {str(out)!r} "
+            f"(not empty and has no {MANIFEST_NAME})",
+            option="out",
         )
 
 
@@ -85,7 +88,8 @@ def staging_dir(out: Path) -> Path:
         stage = staged_dir(out)
     except OSError as exc:
         raise ConfigError(
-            f"--out: expected a writable directory, got {str(out)!r} ({exc.strerror or exc})"
+            f"expected a writable directory, got {str(out)!r} ({exc.strerror or exc})",
+            option="out",
         ) from exc
     _STAGES[stage.path] = stage
     return stage.path
