@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vit_deploy.embed.embedder import l2_normalize
 from vit_deploy.errors import ArtifactError
+from vit_deploy.labels import top_k
 from vit_deploy.serve.batcher import DynamicBatcher, QueueFullError
 from vit_deploy.serve.decode import DEFAULT_MAX_PIXELS, ImageInputError, decode_to_pixels
 from vit_deploy.serve.metrics import CONTENT_TYPE, ServeMetrics
@@ -63,15 +64,6 @@ def classifier_problem(embedder) -> str | None:
     if len(embedder.labels) != cfg.num_classes:
         return f"model has {cfg.num_classes} classes but {len(embedder.labels)} label names"
     return None
-
-
-def top_k(logits: np.ndarray, labels, k: int) -> list[list[tuple[str, float]]]:
-    """Per row, the k most probable (label, probability): ``Embedder.classify``'s arithmetic."""
-    logits = np.asarray(logits, dtype=np.float64)
-    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probs /= probs.sum(axis=1, keepdims=True)
-    top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    return [[(labels[i], float(r[i])) for i in idx] for r, idx in zip(probs, top, strict=True)]
 
 
 class _Service:
