@@ -194,6 +194,7 @@ def load_model(
             if config
             else ckpt.info.get("config_from", "the checkpoint")
         ),
+        "config_name": config if isinstance(config, str) else None,
         "assumed": assumed,
     }
     return model
@@ -350,6 +351,7 @@ def _read_dir(path: Path) -> Checkpoint:
         state = _read_tensors(weights)
         hints = convert.timm_dir_hints(meta, source)
         info = {
+            "weights": source,
             "library": "timm",
             "layout": "timm hub folder",
             "architecture": hints["architecture"],
@@ -376,17 +378,12 @@ def _dir_weights(path: Path) -> Path:
 def _open_clip_dir(path: Path) -> Checkpoint:
     meta = _read_json(path / open_clip.CONFIG_NAME)
     weights = next(
-        (
-            path / n
-            for n in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
-            if (path / n).is_file()
-        ),
-        None,
+        (path / n for n in open_clip.WEIGHT_NAMES if (path / n).is_file()), None
     ) or _dir_weights(path)
     source = str(weights)
     state, notes = open_clip.visual_to_timm(_read_tensors(weights), source)
     cfg = open_clip.open_clip_config(meta, state, source)
-    info = {"library": "open_clip", "layout": "open_clip folder", "notes": notes}
+    info = {"weights": source, "library": "open_clip", "layout": "open_clip folder", "notes": notes}
     info["model_cfg"] = meta.get("model_cfg") or {}
     return Checkpoint(state, _fixed(cfg, state, source), info, antialias=True)
 
@@ -416,7 +413,7 @@ def _read_file(path: Path) -> Checkpoint:
     if path.suffix.lower() == ".npz":
         state, num_heads = convert.npz_to_timm(_read_npz(path), source)
         decided = dict(convert.TIMM_CONVENTION, num_heads=num_heads, norm_eps=convert.JAX_EPS)
-        info = {"library": "big_vision", "layout": "Google ViT .npz"}
+        info = {"weights": source, "library": "big_vision", "layout": "Google ViT .npz"}
         return Checkpoint(state, _timm_infer(state, source, decided=decided), info)
     state = _read_tensors(path)
     if hf.is_hf_layout(state):
@@ -425,14 +422,23 @@ def _read_file(path: Path) -> Checkpoint:
         meta = _read_json(sibling) if sibling.is_file() else {}
         if "model_type" in meta:
             return _hf(path.parent, meta, state, source, notes)
-        info = {"library": "transformers", "layout": "Hugging Face tensors without config.json"}
+        info = {
+            "weights": source,
+            "library": "transformers",
+            "layout": "Hugging Face tensors without config.json",
+        }
         decided = {"norm_eps": hf.DEFAULT_EPS["vit"]}
         return Checkpoint(state, _timm_infer(state, source, decided=decided), info)
     if open_clip.is_open_clip_layout(state):
         state, notes = open_clip.visual_to_timm(state, source)
-        info = {"library": "open_clip", "layout": "open_clip state dict", "notes": notes}
+        info = {
+            "weights": source,
+            "library": "open_clip",
+            "layout": "open_clip state dict",
+            "notes": notes,
+        }
         return Checkpoint(state, _open_clip_bare(state, source), info, antialias=True)
-    info = {"library": "timm", "layout": "timm state dict"}
+    info = {"weights": source, "library": "timm", "layout": "timm state dict"}
     return Checkpoint(state, _timm_infer(state, source), info, antialias=True)
 
 
@@ -456,6 +462,7 @@ def _hf(folder: Path, meta: dict, state: dict, source: str, notes: list[str]) ->
     processor = _read_json(processor_path) if processor_path.is_file() else None
     cfg, runs_at = hf.hf_config(meta, state, source, processor)  # checked even with config=
     info = {
+        "weights": source,
         "library": "transformers",
         "layout": "Hugging Face folder",
         "architecture": ",".join(meta.get("architectures") or []) or meta.get("model_type"),

@@ -20,6 +20,8 @@ from vit_deploy.config import CLIP_MEAN, CLIP_STD, Preprocess, ViTConfig
 from vit_deploy.errors import CheckpointError, ConfigError, UnsupportedArchitectureError
 
 CONFIG_NAME = "open_clip_config.json"
+# the weight files an open_clip hub folder holds, in order of preference
+WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 _LAYER = {
     "ln_1": "norm1",
     "ln_2": "norm2",

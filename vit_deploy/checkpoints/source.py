@@ -34,13 +34,9 @@ def source_reference(model) -> tuple[Reference | None, str]:
 
 
 def _weights(info: dict) -> dict[str, torch.Tensor]:
-    from vit_deploy.checkpoints.load import DIR_WEIGHTS, _read_tensors
+    from vit_deploy.checkpoints.load import _read_tensors
 
-    path = Path(info["path"])
-    if path.is_dir():
-        names = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin", *DIR_WEIGHTS)
-        path = next(path / n for n in names if (path / n).is_file())
-    return _read_tensors(path)
+    return _read_tensors(Path(info["weights"]))
 
 
 def _run(module: torch.nn.Module, outputs: Callable, pixels: np.ndarray, batch: int = 16):
@@ -61,10 +57,7 @@ def _timm(model, info: dict) -> tuple[Reference | None, str]:
 
     cfg = model.config
     state = _weights(info)
-    architecture = info.get("architecture") or ""
-    config_name = info.get("config_from", "")
-    if config_name.startswith("config='"):
-        architecture = config_name[len("config='") : -1]
+    architecture = info.get("config_name") or info.get("architecture") or ""
     if architecture and architecture in timm.list_models():
         args = dict(info.get("model_args") or {})
         args.update(img_size=cfg.img_size, num_classes=_timm_classes(cfg, state))
@@ -148,6 +141,10 @@ def _transformers(model, info: dict) -> tuple[Reference | None, str]:
     return partial(_run, net, partial(_hf_outputs, model.config, info)), f"{name}.from_pretrained"
 
 
+# model types whose pooler_output is the family's embedding (see the README's table)
+POOLED_EMBEDDINGS = ("dinov2", "dinov2_with_registers", "siglip_vision_model", "clip_vision_model")
+
+
 def _hf_outputs(cfg, info, net, x):
     kwargs = {}
     if x.shape[-1] != _hf_image_size(net):
@@ -158,9 +155,7 @@ def _hf_outputs(cfg, info, net, x):
         got["logits"] = out.logits
     if getattr(out, "image_embeds", None) is not None:
         got["embedding"] = out.image_embeds
-    elif info.get("model_type") in ("dinov2", "dinov2_with_registers", "siglip_vision_model"):
-        got["embedding"] = out.pooler_output
-    elif info.get("model_type") == "clip_vision_model":
+    elif info.get("model_type") in POOLED_EMBEDDINGS:
         got["embedding"] = out.pooler_output
     elif getattr(out, "last_hidden_state", None) is not None and not cfg.distilled:
         got["embedding"] = out.last_hidden_state[:, 0]  # ViTModel: the normed class token
