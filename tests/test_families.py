@@ -369,3 +369,25 @@ def test_family_exports_through_the_gate(tmp_path, case, precision):
     assert manifest["source_parity"]["passed"], manifest["source_parity"]
     assert manifest["export"]["checkpoint"]["library"] in ("timm", "transformers")
     assert manifest["fusion"]  # reported, whatever it found
+
+
+def test_two_tower_clip_folder_loads_its_vision_tower(tmp_path):
+    from vit_deploy.export.verify import parity_inputs, reference_outputs, source_parity
+
+    text = transformers.CLIPTextConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2
+    )
+    vision = transformers.CLIPVisionConfig(**TINY, intermediate_size=128)
+    config = transformers.CLIPConfig(
+        text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=24
+    )
+    net = randomize(transformers.CLIPModel(config))
+    ours = load_model(hf_folder(tmp_path, net))
+    x = pixels(32)
+    with torch.no_grad():
+        theirs = net.get_image_features(pixel_values=x)
+    theirs = getattr(theirs, "pooler_output", theirs)  # an output object in newer transformers
+    assert_close(ours.embed(x), theirs)
+    inputs = parity_inputs(ours.config, samples=2)
+    section = source_parity(ours, inputs, reference_outputs(ours, inputs.pixels, ["embedding"]))
+    assert section["skipped"] and "two-tower" in section["reason"]

@@ -133,6 +133,8 @@ def _transformers(model, info: dict) -> tuple[Reference | None, str]:
 
     folder = Path(info["path"])
     folder = folder if folder.is_dir() else folder.parent
+    if info.get("model_type") in ("clip", "siglip"):  # the whole model needs text inputs too
+        return None, f"a two-tower {info['model_type']} folder: only its vision tower was loaded"
     name = (info.get("architecture") or "").split(",")[0]
     cls = getattr(transformers, name, None) if name else None
     if cls is None:
