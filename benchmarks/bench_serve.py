@@ -3,7 +3,8 @@
     python benchmarks/bench_serve.py [--models default,vit-s16] [--concurrency 1,8,32]
                                      [--requests 2000] [--requests-vit-s16 256]
                                      [--rss-requests 10000] [--max-batch 32]
-                                     [--max-delay-ms 5] [--results DIR]
+                                     [--max-delay-ms 5] [--batch-wait incoming]
+                                     [--results DIR]
 
 For each model (the bundled default model and a ViT-S/16 preset with random weights,
 both exported with ``vit-export --fmt onnx`` into ``artifacts/bench-serve/`` unless
@@ -12,15 +13,17 @@ already there):
 1. offline: ``Embedder.embed(paths, batch_size=B)`` on the same PNG files, B = each
    concurrency level (decode + preprocess + model, what a user runs instead of a server),
    measured before the server starts so the two never share the cores;
-2. served: ``vit-serve`` in its own process on loopback; C asyncio httpx clients, each
+2. served: ``vit-serve`` in its own process on loopback; C asyncio aiohttp clients, each
    sending single-image requests back to back, for a bounded number of requests; client
-   latency p50/p99, images/s, and the mean batch size from the server's own metrics;
+   latency p50/p99, images/s, the mean batch size from the server's own metrics, and the
+   CPU time per image of the server process and of the client;
 3. memory (default model only): the server's RSS after warm-up and every 1,000 requests
    over ``--rss-requests`` requests.
 
 Writes ``results.json`` and ``results.md`` (with the targets table) to
 ``benchmarks/results/serve/``. The client runs on the same cores as the server: on a
-small machine its own CPU use is part of what is measured, and the load average is
+small machine its own CPU use is part of what is measured (so it is aiohttp, whose
+per-request CPU is a fraction of httpx's async client), and the load average is
 recorded beside the numbers.
 """
 
@@ -74,6 +77,11 @@ def make_images(folder: Path, model: str, n: int = 64) -> list[Path]:
     return paths
 
 
+def _mean_offline(before: dict, after: dict) -> dict:
+    row = {k: (before[k] + after[k]) / 2 for k in ("images_per_s", "call_p50_ms", "call_p99_ms")}
+    return {**row, "batch": before["batch"], "before": before, "after": after}
+
+
 def offline(artifact: Path, paths: list[Path], batch: int, min_images: int) -> dict:
     """Embedder.embed over the files at ``batch``: images/s and per-call latency."""
     from vit_deploy.embed.embedder import Embedder
@@ -93,14 +101,16 @@ def offline(artifact: Path, paths: list[Path], batch: int, min_images: int) -> d
         "images": len(calls) * batch,
         "images_per_s": len(calls) * batch / total,
         "call_p50_ms": 1000 * float(np.median(calls)),
+        "call_p99_ms": 1000 * float(np.percentile(calls, 99)),
     }
 
 
 class Served:
-    def __init__(self, artifact: Path, max_batch: int, max_delay_ms: float, max_queue: int):
+    def __init__(self, artifact: Path, args):
         cmd = [str(VENV_BIN / "vit-serve"), "--artifact", str(artifact), "--port", "0"]
-        cmd += ["--name", "bench", "--max-batch", str(max_batch)]
-        cmd += ["--max-delay-ms", str(max_delay_ms), "--max-queue", str(max_queue)]
+        cmd += ["--name", "bench", "--max-batch", str(args.max_batch)]
+        cmd += ["--max-delay-ms", str(args.max_delay_ms), "--max-queue", str(args.max_queue)]
+        cmd += ["--batch-wait", args.batch_wait]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
         match = re.search(r"on (http://\S+)$", line.strip())
@@ -112,6 +122,11 @@ class Served:
         import psutil
 
         return psutil.Process(self.proc.pid).memory_info().rss / 2**20
+
+    def cpu_s(self) -> float:
+        import psutil
+
+        return _cpu_s(psutil.Process(self.proc.pid))
 
     def batch_stats(self) -> tuple[float, float]:
         import httpx
@@ -125,16 +140,22 @@ class Served:
         return self.proc.wait(timeout=60)
 
 
+def _cpu_s(process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
 async def load(url: str, payloads: list[str], clients: int, requests: int) -> dict:
     """``clients`` tasks sending single-image requests back to back, ``requests`` in all."""
-    import httpx
+    import aiohttp
 
     latencies: list[float] = []
     transport_errors: list[str] = []
     errors = 0
     next_index = 0
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+    connector = aiohttp.TCPConnector(limit=clients)
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(url, connector=connector, timeout=timeout) as client:
 
         async def worker():
             nonlocal next_index, errors
@@ -144,12 +165,14 @@ async def load(url: str, payloads: list[str], clients: int, requests: int) -> di
                 body = {"model": "bench", "input": [payloads[i % len(payloads)]]}
                 t = time.perf_counter()
                 try:
-                    resp = await client.post("/v1/embeddings", json=body)
-                except httpx.TransportError as exc:  # counted, not fatal: the run goes on
+                    async with client.post("/v1/embeddings", json=body) as resp:
+                        await resp.read()
+                        status = resp.status
+                except (aiohttp.ClientError, TimeoutError) as exc:  # counted; the run goes on
                     transport_errors.append(repr(exc))
                     continue
                 latencies.append(time.perf_counter() - t)
-                errors += resp.status_code != 200
+                errors += status != 200
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(clients)))
@@ -167,9 +190,15 @@ async def load(url: str, payloads: list[str], clients: int, requests: int) -> di
 
 
 def serve_run(server: Served, payloads, clients: int, requests: int) -> dict:
+    import psutil
+
     asyncio.run(load(server.url, payloads, clients, min(requests, 4 * clients + 16)))  # warm-up
+    me = psutil.Process()
     s0, c0 = server.batch_stats()
+    server_cpu, client_cpu = server.cpu_s(), _cpu_s(me)
     result = asyncio.run(load(server.url, payloads, clients, requests))
+    result["server_cpu_ms_per_image"] = 1000 * (server.cpu_s() - server_cpu) / requests
+    result["client_cpu_ms_per_image"] = 1000 * (_cpu_s(me) - client_cpu) / requests
     s1, c1 = server.batch_stats()
     result["mean_batch"] = (s1 - s0) / max(c1 - c0, 1)
     return result
@@ -197,13 +226,17 @@ def bench_model(model: str, args, tmp: Path) -> dict:
     paths = make_images(tmp / model, model)
     payloads = ["data:image/png;base64," + base64.b64encode(p.read_bytes()).decode() for p in paths]
     requests = args.requests if model == "default" else args.requests_vit_s16
-    offline_rows = {c: offline(artifact, paths, c, min(requests, 512)) for c in args.concurrency}
-    server = Served(artifact, args.max_batch, args.max_delay_ms, args.max_queue)
+    # offline before and after the server (this machine's speed drifts): the mean of both
+    offline_min = min(requests, 512)
+    before = {c: offline(artifact, paths, c, offline_min) for c in args.concurrency}
+    server = Served(artifact, args)
     try:
         served = [serve_run(server, payloads, c, requests) for c in args.concurrency]
         rss = rss_run(server, payloads, args.rss_requests) if model == "default" else None
     finally:
         exit_code = server.stop()
+    after = {c: offline(artifact, paths, c, offline_min) for c in args.concurrency}
+    offline_rows = {c: _mean_offline(before[c], after[c]) for c in args.concurrency}
     for row in served:
         row["offline_images_per_s"] = offline_rows[row["clients"]]["images_per_s"]
         row["ratio_to_offline"] = row["images_per_s"] / row["offline_images_per_s"]
@@ -254,25 +287,39 @@ def markdown(result: dict, command: str) -> str:
         f"Machine: {env.get('cpu_model')}, {env.get('cpu_cores_usable')} usable cores; load average "
         f"before {env.get('load_average_start')}, after {result['load_average_after']} (shared, busy "
         "machine: the HTTP client runs on the same cores as the server).",
-        f"Server: `--max-batch {result['max_batch']} --max-delay-ms {result['max_delay_ms']}`, "
-        "ONNX Runtime fp32 on the CPU. Offline = `Embedder.embed(paths, batch_size=B)` on the "
-        "same PNGs (decode + preprocess + model), B = the number of clients.",
+        f"Server: `--max-batch {result['max_batch']} --max-delay-ms {result['max_delay_ms']} "
+        f"--batch-wait {result['batch_wait']}`, ONNX Runtime fp32 on the CPU. Offline = "
+        "`Embedder.embed(paths, batch_size=B)` on the same PNGs (decode + preprocess + model), "
+        "B = the number of clients. CPU columns: CPU time per image of the server process "
+        "and of the (aiohttp) client process.",
         "",
-        "| model | clients | served img/s | p50 ms | p99 ms | mean batch | offline img/s | ratio | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | clients | served img/s | p50 ms | p99 ms | mean batch | offline img/s | ratio "
+        "| server CPU ms/img | client CPU ms/img | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for model, r in result["models"].items():
         for row in r["served"]:
             lines.append(
                 f"| {model} | {row['clients']} | {row['images_per_s']:.1f} | {row['p50_ms']:.1f} | "
                 f"{row['p99_ms']:.1f} | {row['mean_batch']:.1f} | {row['offline_images_per_s']:.1f} "
-                f"| {row['ratio_to_offline']:.2f} | {row['errors']} |"
+                f"| {row['ratio_to_offline']:.2f} | {row['server_cpu_ms_per_image']:.2f} "
+                f"| {row['client_cpu_ms_per_image']:.2f} | {row['errors']} |"
             )
-    lines += ["", "Offline batch latency (median per `embed` call):", ""]
+    lines += [
+        "",
+        "Offline, per `embed` call (measured before and after the server; the table uses "
+        "the mean of the two):",
+        "",
+    ]
     for model, r in result["models"].items():
         lines.append(
             f"- {model}: "
-            + ", ".join(f"batch {o['batch']}: {o['call_p50_ms']:.1f} ms" for o in r["offline"])
+            + ", ".join(
+                f"batch {o['batch']}: p50 {o['call_p50_ms']:.1f} ms, p99 {o['call_p99_ms']:.1f} ms "
+                f"({o['before']['images_per_s']:.0f} img/s before the server, "
+                f"{o['after']['images_per_s']:.0f} after)"
+                for o in r["offline"]
+            )
         )
     for model, r in result["models"].items():
         if r["rss"]:
@@ -305,6 +352,7 @@ def main() -> None:
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--max-delay-ms", type=float, default=5.0)
     p.add_argument("--max-queue", type=int, default=256)
+    p.add_argument("--batch-wait", default="incoming", choices=["incoming", "window"])
     p.add_argument("--results", type=Path, default=RESULTS)
     args = p.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
@@ -314,6 +362,7 @@ def main() -> None:
         "environment": collect(),
         "max_batch": args.max_batch,
         "max_delay_ms": args.max_delay_ms,
+        "batch_wait": args.batch_wait,
         "models": {},
     }
     with tempfile.TemporaryDirectory() as tmp:

@@ -246,8 +246,12 @@ def test_health_ready_metrics(server):
 
 @pytest.fixture(scope="module")
 def slow_server(artifact):
-    """A long batching window and a 4-image queue: overload and drain, deterministically."""
-    srv = Server(artifact, "--max-batch", "8", "--max-delay-ms", "1500", "--max-queue", "4")
+    """A long batching window, always waited out, and a 4-image queue: overload and drain,
+    deterministically."""
+    srv = Server(
+        artifact, "--max-batch", "8", "--max-delay-ms", "1500", "--max-queue", "4",
+        "--batch-wait", "window",
+    )  # fmt: skip
     yield srv
     srv.stop()
 
@@ -279,6 +283,18 @@ def test_sigterm_drains_in_flight_request(slow_server, images):
     assert resp.status_code == 200 and len(resp.json()["data"]) == 1
     assert time.perf_counter() - started >= 1.0  # it was answered after the signal, not before
     assert slow_server.proc.wait(timeout=30) == 0
+
+
+def test_lone_request_does_not_wait_out_the_window(artifact, images):
+    # default --batch-wait incoming: nothing else is on its way, so the image runs at once
+    srv = Server(artifact, "--max-batch", "8", "--max-delay-ms", "20000")
+    try:
+        started = time.perf_counter()
+        resp = srv.client.post("/v1/embeddings", json={"input": data_uri(images[1][0])})
+        assert resp.status_code == 200, resp.text
+        assert time.perf_counter() - started < 10.0  # the window is 20 s
+    finally:
+        assert srv.stop() == 0
 
 
 def test_model_that_fails_to_load_exits_before_binding(tmp_path):

@@ -1,7 +1,8 @@
 """vit-serve: serve an exported artifact's embeddings over HTTP, with dynamic batching.
 
 vit-serve --artifact DIR [--host 127.0.0.1] [--port 8000] [--backend auto] [--name NAME]
-          [--max-batch N] [--max-delay-ms T] [--max-queue Q] [--max-body-mb M]
+          [--max-batch N] [--max-delay-ms T] [--batch-wait incoming|window]
+          [--max-queue Q] [--max-body-mb M]
           [--max-pixels P] [--decode-threads N] [--threads N] [--drain-timeout S]
 """
 
@@ -46,6 +47,7 @@ def _non_negative(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from vit_deploy.serve.batcher import WAIT_POLICIES
     from vit_deploy.serve.decode import DEFAULT_MAX_PIXELS
 
     p = argparse.ArgumentParser(
@@ -67,7 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument(
         "--max-delay-ms", type=_non_negative, default=5.0, metavar="T",
-        help="longest wait for more images before a call (default: 5)",
+        help="longest an image waits for others before a call (default: 5)",
+    )  # fmt: skip
+    p.add_argument(
+        "--batch-wait", choices=WAIT_POLICIES, default="incoming",
+        help="incoming: wait only while other requests are still being decoded, so a lone "
+        "request runs at once; window: always wait out --max-delay-ms unless the batch "
+        "fills, as Triton's max_queue_delay does (default: incoming)",
     )  # fmt: skip
     p.add_argument(
         "--max-queue", type=_positive, default=256, metavar="Q",
@@ -98,9 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
 def load_embedder(args: argparse.Namespace):
     """The model, loaded and warmed up, or a one-line error (before anything is bound)."""
     from vit_deploy.embed.embedder import Embedder
+    from vit_deploy.runtime import artifact_backend
     from vit_deploy.serve.app import warm_up
 
     kw = {"threads": args.threads} if args.threads else {}
+    if artifact_backend(args.artifact, args.backend) == "ort":
+        kw["spin"] = False  # the cores are shared with decoding and HTTP: see session_options
     embedder = Embedder.from_artifact(Path(args.artifact), backend=args.backend, **kw)
     if args.max_batch is None:
         profile = (embedder.backend.manifest or {}).get("batch_profile") or {}
@@ -122,6 +133,9 @@ def bind(host: str, port: int) -> socket.socket:
         raise UsageError(
             f"--host/--port: cannot listen on {host}:{port} ({exc.strerror})"
         ) from None
+    # listen now, not when uvicorn starts: the address is announced before server.run,
+    # and a client that connects in between must queue, not be refused
+    sock.listen(2048)
     sock.set_inheritable(True)
     return sock
 
@@ -144,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
     settings = ServeSettings(
         max_batch=args.max_batch,
         max_delay_ms=args.max_delay_ms,
+        batch_wait=args.batch_wait,
         max_queue=args.max_queue,
         max_body_bytes=int(args.max_body_mb * 2**20),
         max_pixels=args.max_pixels,
@@ -166,7 +181,8 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
     print(
         f"{PROG}: serving {name!r} ({embedder.name}, dim {embedder.dim}, max batch "
-        f"{settings.max_batch}, max delay {settings.max_delay_ms:g} ms) on http://{host}:{port}",
+        f"{settings.max_batch}, max delay {settings.max_delay_ms:g} ms, wait "
+        f"{settings.batch_wait}) on http://{host}:{port}",
         flush=True,
     )
     server.run(sockets=[sock])

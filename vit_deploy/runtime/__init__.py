@@ -56,6 +56,33 @@ def register_artifact_loader(fmt: str, backend: str, loader: Callable[..., Backe
     ARTIFACT_LOADERS.setdefault(fmt, {})[canonical_backend(backend)] = loader
 
 
+def artifact_backend(directory: str | os.PathLike, backend: str = "auto") -> str:
+    """The canonical name of the backend ``load_backend(directory, backend)`` would use."""
+    return _artifact_loader(Path(directory), canonical_backend(backend))[0]
+
+
+def _artifact_loader(directory: Path, backend: str) -> tuple[str, Callable[..., Backend]]:
+    if not directory.exists():
+        raise ArtifactError(
+            f"expected an artifact directory, got {str(directory)!r} (no such path)"
+        )
+    manifest = read_manifest(directory)
+    fmt = manifest["artifact"]["format"]
+    loaders = ARTIFACT_LOADERS.get(fmt)
+    if not loaders:
+        raise BackendUnavailableError(
+            f"{directory}: no backend here runs {fmt!r} artifacts; expected one of "
+            f"{sorted(ARTIFACT_LOADERS)}"
+        )
+    name = next(iter(loaders)) if backend == "auto" else backend
+    if name not in loaders:
+        raise ConfigError(
+            f"expected one of {['auto', *loaders]} for a {fmt!r} artifact, got {backend!r}",
+            option="backend",
+        )
+    return name, loaders[name]
+
+
 def load_backend(source, backend: str = "auto", **kw) -> Backend:
     """A backend for ``source``: an artifact directory (its manifest says which format)
     or a ``VisionTransformer`` (PyTorch). ``kw`` go to the backend's loader
@@ -79,29 +106,14 @@ def load_backend(source, backend: str = "auto", **kw) -> Backend:
         from vit_deploy.runtime.torch_backend import TorchBackend
 
         return TorchBackend(source, **kw)
-    directory = Path(source)
-    if not directory.exists():
-        raise ArtifactError(f"expected an artifact directory, got {str(source)!r} (no such path)")
-    manifest = read_manifest(directory)
-    fmt = manifest["artifact"]["format"]
-    loaders = ARTIFACT_LOADERS.get(fmt)
-    if not loaders:
-        raise BackendUnavailableError(
-            f"{directory}: no backend here runs {fmt!r} artifacts; expected one of "
-            f"{sorted(ARTIFACT_LOADERS)}"
-        )
-    name = next(iter(loaders)) if backend == "auto" else backend
-    if name not in loaders:
-        raise ConfigError(
-            f"expected one of {['auto', *loaders]} for a {fmt!r} artifact, got {backend!r}",
-            option="backend",
-        )
-    return loaders[name](directory, **kw)
+    _, loader = _artifact_loader(Path(source), backend)
+    return loader(Path(source), **kw)
 
 
 __all__ = [
     "ARTIFACT_LOADERS",
     "BACKEND_NAMES",
+    "artifact_backend",
     "canonical_backend",
     "Backend",
     "check_pixels",

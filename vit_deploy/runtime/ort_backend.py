@@ -45,9 +45,15 @@ def session_options(
     threads: int | None = None,
     optimization: str = "all",
     optimized_model_path: str | os.PathLike | None = None,
+    spin: bool = True,
 ):
     """SessionOptions: intra-op threads, graph optimisation level, and (optionally) where
-    ONNX Runtime should save the graph it actually runs, for fusion counting."""
+    ONNX Runtime should save the graph it actually runs, for fusion counting.
+
+    ``spin=False``: the intra-op threads sleep between calls instead of busy-waiting for
+    the next one. ORT spins by default, which is fastest when inference is all the process
+    does; a server that decodes and answers HTTP on the same cores loses that CPU to it
+    (measured: a third of the server's CPU time, see benchmarks/results/serve)."""
     ort = _ort()
     levels = {
         "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -64,6 +70,8 @@ def session_options(
         if threads < 1:
             raise ConfigError(f"threads: expected a positive int, got {threads}")
         so.intra_op_num_threads = threads
+    if not spin:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if optimized_model_path is not None:
         so.optimized_model_filepath = os.fspath(optimized_model_path)
         # weights in a side file: the graph (what fusion counting reads) stays small
@@ -130,13 +138,14 @@ class OrtBackend(Backend):
         optimization: str = "all",
         optimized_model_path: str | os.PathLike | None = None,
         manifest: dict | None = None,
+        spin: bool = True,
     ) -> OrtBackend:
         """Any .onnx file that takes ``pixels`` and returns logits and/or embedding."""
         path = Path(path)
         if not path.is_file():
             raise ArtifactError(f"expected an ONNX file, got {str(path)!r} (no such file)")
         ort = _ort()
-        so = session_options(threads, optimization, optimized_model_path)
+        so = session_options(threads, optimization, optimized_model_path, spin)
         chosen = pick_providers(providers)
         try:
             session = ort.InferenceSession(str(path), so, providers=chosen)
@@ -157,8 +166,10 @@ class OrtBackend(Backend):
         *,
         verify: bool = True,
         optimization: str = "all",
+        spin: bool = True,
     ) -> OrtBackend:
-        """An exported directory: manifest read and checked (format version, sha256)."""
+        """An exported directory: manifest read and checked (format version, sha256).
+        ``spin``: see ``session_options``."""
         directory = Path(directory)
         manifest = read_manifest(directory)
         fmt = manifest["artifact"]["format"]
@@ -176,6 +187,7 @@ class OrtBackend(Backend):
             threads=threads,
             optimization=optimization,
             manifest=manifest,
+            spin=spin,
         )
 
     def _run(self, pixels: np.ndarray) -> dict[str, np.ndarray]:

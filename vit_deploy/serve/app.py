@@ -5,9 +5,11 @@ in-flight requests, then exit); the batching is ours (``batcher.py``) because ev
 image must go through the artifact's own preprocessing and fail alone.
 
 A request: body read up to ``max_body_bytes`` (413), parsed (400), model name checked
-(404), queue room checked before any decoding (503 + Retry-After), images decoded and
-preprocessed in a thread pool (400 naming the first bad index), then batched with
-other requests' images. ``create_app(embedder, ...)`` takes a loaded, warmed ``Embedder``.
+(404), admitted to the batcher's queue before any decoding (503 + Retry-After), images
+decoded and preprocessed in a thread pool (400 naming the first bad index), then batched
+with other requests' images. Bodies are written with orjson: float32 rows as their
+shortest exact decimal, several times faster than ``json`` on a list of floats.
+``create_app(embedder, ...)`` takes a loaded, warmed ``Embedder``.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import numpy as np
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vit_deploy.embed.embedder import l2_normalize
@@ -49,11 +52,18 @@ RETRY_AFTER_S = "1"
 class ServeSettings:
     max_batch: int = 32
     max_delay_ms: float = 5.0
+    batch_wait: str = "incoming"  # see vit_deploy.serve.batcher
     max_queue: int = 256  # images admitted and unanswered
     max_body_bytes: int = 32 * 2**20
     max_pixels: int = DEFAULT_MAX_PIXELS
     exif_transpose: bool = True  # turn images by their EXIF orientation tag
     decode_threads: int = max(1, min(4, os.cpu_count() or 1))
+
+
+def json_response(body: dict, status: int = 200, headers=None) -> Response:
+    """``body`` as JSON; numpy arrays in it are written as lists (float32 exactly)."""
+    content = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+    return Response(content, status_code=status, headers=headers, media_type="application/json")
 
 
 def classifier_problem(embedder) -> str | None:
@@ -79,6 +89,7 @@ class _Service:
             max_batch=settings.max_batch,
             max_delay_s=settings.max_delay_ms / 1000.0,
             max_queue=settings.max_queue,
+            wait=settings.batch_wait,
             metrics=self.metrics,
         )
         self.decoders = ThreadPoolExecutor(settings.decode_threads, "vit-serve-decode")
@@ -110,12 +121,7 @@ class _Service:
                 413, f"input: expected at most {self.settings.max_queue} images, got {len(images)}",
                 param="input",
             )  # fmt: skip
-        self.check_room(len(images))
         return images
-
-    def check_room(self, n: int) -> None:
-        if not self.batcher.has_room(n):
-            raise self.overloaded(n)
 
     @staticmethod
     def overloaded(n: int) -> HTTPError:
@@ -144,11 +150,18 @@ class _Service:
         return px
 
     async def run(self, images: list[str]) -> list[dict[str, np.ndarray]]:
-        pixels = await self.pixels(images)
         try:
+            self.batcher.admit(len(images))  # room is reserved before any decoding
+        except QueueFullError:
+            raise self.overloaded(len(images)) from None
+        submitted = False
+        try:
+            pixels = await self.pixels(images)
+            submitted = True
             return await self.batcher.submit(pixels)
-        except QueueFullError:  # filled up while we decoded
-            raise self.overloaded(len(pixels)) from None
+        finally:
+            if not submitted:  # a bad image (or a cancelled request): give its room back
+                self.batcher.withdraw(len(images))
 
     def usage(self, n: int) -> dict:
         tokens = n * self.tokens_per_image
@@ -181,7 +194,7 @@ def create_app(embedder, *, name: str, settings: ServeSettings | None = None) ->
         if n:
             svc.metrics.images.labels(outcome).inc(n)
         svc.metrics.request_time.labels(endpoint).observe(time.perf_counter() - started)
-        return JSONResponse(body, status_code=status, headers=headers)
+        return json_response(body, status, headers)
 
     async def handle(endpoint: str, request: Request, schema, respond):
         started = time.perf_counter()
@@ -244,7 +257,7 @@ def create_app(embedder, *, name: str, settings: ServeSettings | None = None) ->
     @app.get("/ready")
     async def ready():
         if app.state.is_draining():
-            return JSONResponse({"status": "draining"}, status_code=503)
+            return json_response({"status": "draining"}, 503)
         return {"status": "ready", "model": name, "backend": embedder.name, "dim": embedder.dim}
 
     @app.get("/metrics")
@@ -254,16 +267,16 @@ def create_app(embedder, *, name: str, settings: ServeSettings | None = None) ->
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, exc):  # 404 / 405 for unknown routes, in our error shape
         err = HTTPError(exc.status_code, str(exc.detail))
-        return JSONResponse(err.body(), status_code=exc.status_code)
+        return json_response(err.body(), exc.status_code)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request, exc):
-        return JSONResponse(HTTPError(400, "invalid request").body(), status_code=400)
+        return json_response(HTTPError(400, "invalid request").body(), 400)
 
     @app.exception_handler(Exception)
     async def server_error(request, exc):  # last resort: log it, show no traceback
         log.exception("unhandled error")
-        return JSONResponse(HTTPError(500, "internal error").body(), status_code=500)
+        return json_response(HTTPError(500, "internal error").body(), 500)
 
     return app
 

@@ -1,15 +1,22 @@
 """Dynamic batching: images from concurrent requests run through the model together.
 
-One worker task takes the oldest waiting image, waits at most ``max_delay_s`` (from
-when that image arrived) for up to ``max_batch`` images, and runs them as one model
-call in a thread of its own, so the event loop keeps accepting requests meanwhile.
-While a call runs, new images queue; when it returns, whatever waited past its
-deadline runs at once. One model call at a time, from one thread: safe for every
+One worker task takes the oldest waiting image and gathers up to ``max_batch`` images
+for one model call, which runs in a thread of its own, so the event loop keeps
+accepting requests meanwhile. While a call runs, new images queue; when it returns,
+what queued runs next. One model call at a time, from one thread: safe for every
 backend, thread-safe or not, and a second concurrent call would only split the cores.
 
+How long an image waits for others (never past ``max_delay_s`` after it was queued):
+- ``wait="incoming"`` (default): only while other admitted requests are still being
+  decoded, i.e. images already in the server. A lone request runs at once instead of
+  idling out the window; under load the batch fills while the model is busy.
+- ``wait="window"``: the whole window unless the batch fills, like Triton Inference
+  Server's ``max_queue_delay_microseconds``.
+
 Backpressure: at most ``max_queue`` images admitted and unanswered. A request is
-admitted whole or not at all (``QueueFullError``, which the app answers with 503), so
-no request is ever half-run.
+admitted whole or not at all (``admit`` raises ``QueueFullError``, which the app answers
+with 503) before anything of it is decoded, and once admitted it has its room: no
+request is ever half-run or refused after its decoding was spent.
 """
 
 from __future__ import annotations
@@ -46,11 +53,16 @@ class _Item:
     enqueued: float = field(default_factory=time.perf_counter)
 
 
+WAIT_POLICIES = ("incoming", "window")
+
+
 class DynamicBatcher:
-    """``await batcher.submit([pixels, ...])`` -> one ``{output: row}`` dict per image.
+    """``batcher.admit(n)``, then ``await batcher.submit([pixels, ...])`` -> one
+    ``{output: row}`` dict per image (or ``batcher.withdraw(n)`` if the request failed).
 
     ``run_batch``: a (B, 3, S, S) float32 batch -> {name: (B, ...)} (``Embedder.run``);
-    ``metrics``: a ``ServeMetrics`` or None.
+    ``wait``: one of ``WAIT_POLICIES`` (see the module doc); ``metrics``: a
+    ``ServeMetrics`` or None.
     """
 
     def __init__(
@@ -60,6 +72,7 @@ class DynamicBatcher:
         max_batch: int,
         max_delay_s: float,
         max_queue: int,
+        wait: str = "incoming",
         metrics=None,
     ):
         if max_batch < 1 or max_queue < 1 or max_delay_s < 0:
@@ -67,13 +80,17 @@ class DynamicBatcher:
                 "batcher: expected max_batch >= 1, max_queue >= 1, max_delay_s >= 0, got "
                 f"{max_batch}, {max_queue}, {max_delay_s}"
             )
+        if wait not in WAIT_POLICIES:
+            raise ConfigError(f"expected one of {WAIT_POLICIES}, got {wait!r}", option="wait")
         self.run_batch = run_batch
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
         self.max_queue = max_queue
+        self.wait = wait
         self.metrics = metrics
         self._pending: deque[_Item] = deque()
-        self._depth = 0  # admitted and not yet answered (waiting or in the model)
+        self._depth = 0  # admitted and not yet answered (decoding, waiting or in the model)
+        self._incoming = 0  # admitted and not yet submitted (still decoding)
         self._wakeup = asyncio.Event()
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="vit-serve-model")
         self._task: asyncio.Task | None = None
@@ -102,16 +119,31 @@ class DynamicBatcher:
                 item.future.set_exception(BatcherStoppedError("the server is shutting down"))
         self._model_thread.shutdown(wait=True)
 
-    async def submit(self, rows: list[np.ndarray]) -> list[Outputs]:
-        n = len(rows)
+    def admit(self, n: int) -> None:
+        """Reserve room for a request's ``n`` images, or raise ``QueueFullError``."""
         if not self.has_room(n):
             raise QueueFullError(
                 f"queue full: expected room for {n} image(s), {self._depth} of "
                 f"{self.max_queue} places are taken"
             )
+        self._incoming += n
+        self._set_depth(self._depth + n)
+
+    def withdraw(self, n: int) -> None:
+        """Give back the room of ``n`` admitted images that will never be submitted."""
+        self._incoming -= n
+        self._set_depth(self._depth - n)
+        self._wakeup.set()  # the worker may be waiting for them
+
+    async def submit(self, rows: list[np.ndarray]) -> list[Outputs]:
+        """Queue an admitted request's images; their outputs, in order."""
+        if len(rows) > self._incoming:
+            raise RuntimeError(
+                f"submit: expected at most {self._incoming} admitted image(s), got {len(rows)}"
+            )
         loop = asyncio.get_running_loop()
         items = [_Item(px, loop.create_future()) for px in rows]
-        self._set_depth(self._depth + n)
+        self._incoming -= len(rows)
         self._pending.extend(items)
         self._wakeup.set()
         return list(await asyncio.gather(*(item.future for item in items)))
@@ -130,9 +162,10 @@ class DynamicBatcher:
                 await self._run(loop, batch)
 
     async def _gather_more(self) -> None:
-        """Wait until max_batch images wait or the oldest one's deadline passed."""
+        """Wait until max_batch images wait, the oldest one's deadline passed, or (policy
+        "incoming") no admitted image is still decoding."""
         deadline = self._pending[0].enqueued + self.max_delay_s
-        while len(self._pending) < self.max_batch:
+        while len(self._pending) < self.max_batch and (self.wait == "window" or self._incoming):
             timeout = deadline - time.perf_counter()
             if timeout <= 0:
                 return
@@ -191,4 +224,4 @@ class DynamicBatcher:
             self.metrics.queue_depth.set(depth)
 
 
-__all__ = ["BatcherStoppedError", "DynamicBatcher", "QueueFullError"]
+__all__ = ["WAIT_POLICIES", "BatcherStoppedError", "DynamicBatcher", "QueueFullError"]

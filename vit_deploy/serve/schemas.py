@@ -72,11 +72,12 @@ def parse_request(model: type[_Request], body: bytes) -> _Request:
         raise HTTPError(400, f"{where}: {kind}", param=where) from None
 
 
-def encode_embedding(vector: np.ndarray, encoding_format: str) -> list[float] | str:
-    """A float list, or base64 of little-endian float32 (what OpenAI's clients decode)."""
+def encode_embedding(vector: np.ndarray, encoding_format: str) -> np.ndarray | str:
+    """The float32 vector (the app writes it as a JSON list), or base64 of little-endian
+    float32 (what OpenAI's clients decode)."""
     if encoding_format == "base64":
         return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
-    return vector.tolist()
+    return np.ascontiguousarray(vector, np.float32)
 
 
 __all__ = [
