@@ -12,7 +12,8 @@ already there):
 
 1. offline: ``Embedder.embed(paths, batch_size=B)`` on the same PNG files, B = each
    concurrency level (decode + preprocess + model, what a user runs instead of a server),
-   measured before the server starts so the two never share the cores;
+   measured before the server starts and again after it stopped (so the two never share
+   the cores), the mean of both in the table: this machine's speed drifts;
 2. served: ``vit-serve`` in its own process on loopback; C asyncio aiohttp clients, each
    sending single-image requests back to back, for a bounded number of requests; client
    latency p50/p99, images/s, the mean batch size from the server's own metrics, and the
@@ -117,16 +118,15 @@ class Served:
         if not match:
             raise RuntimeError(f"vit-serve did not start: {line!r}")
         self.url = match.group(1)
+        import psutil
+
+        self.process = psutil.Process(self.proc.pid)
 
     def rss_mib(self) -> float:
-        import psutil
-
-        return psutil.Process(self.proc.pid).memory_info().rss / 2**20
+        return self.process.memory_info().rss / 2**20
 
     def cpu_s(self) -> float:
-        import psutil
-
-        return _cpu_s(psutil.Process(self.proc.pid))
+        return _cpu_s(self.process)
 
     def batch_stats(self) -> tuple[float, float]:
         import httpx
@@ -226,7 +226,6 @@ def bench_model(model: str, args, tmp: Path) -> dict:
     paths = make_images(tmp / model, model)
     payloads = ["data:image/png;base64," + base64.b64encode(p.read_bytes()).decode() for p in paths]
     requests = args.requests if model == "default" else args.requests_vit_s16
-    # offline before and after the server (this machine's speed drifts): the mean of both
     offline_min = min(requests, 512)
     before = {c: offline(artifact, paths, c, offline_min) for c in args.concurrency}
     server = Served(artifact, args)
