@@ -120,3 +120,34 @@ def test_format_packages_hold_their_modules(rule):
     """A format's modules live in its package, not as prefixed files beside it."""
     flat = sorted(p.name for p in (PACKAGE / "export").glob(f"{rule[:3]}_*.py"))
     assert flat == [], f"move {flat} into vit_deploy/export/{rule}/"
+
+
+def _import_kernels_from_the_root(*python_flags: str) -> subprocess.CompletedProcess:
+    """``import kernels`` with the checkout's root first on sys.path, as ``python -c``
+    run there puts it."""
+    code = "import kernels, sys; print(kernels.__file__); print('kernels.ops' in sys.modules)"
+    return subprocess.run(
+        [sys.executable, *python_flags, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_root_kernels_folder_does_not_shadow_the_pypi_kernels():
+    # transformers imports the PyPI project "kernels" when it is installed; our folder of
+    # the same name must not stand in for it when the repo root is on sys.path.
+    pytest.importorskip("kernels")  # (pytest's own path holds the root too: it is handed over)
+    run = _import_kernels_from_the_root()
+    assert run.returncode == 0, run.stderr
+    found, ours_loaded = run.stdout.split()
+    assert Path(found).parent != ROOT / "kernels"
+    assert ours_loaded == "False"
+
+
+def test_root_kernels_folder_is_no_top_level_package_when_pypi_has_none():
+    run = _import_kernels_from_the_root("-S")  # -S: no site-packages, so no PyPI kernels
+    assert run.returncode != 0
+    assert "ModuleNotFoundError: No module named 'kernels'" in run.stderr
+    assert "is vit_deploy.kernels" in run.stderr

@@ -116,6 +116,11 @@ class KernelUnavailableError(ViTDeployError, RuntimeError):
     """The fused kernel cannot run here (no Triton, no CUDA and no interpreter)."""
 
 
+class TritonNotInstalledError(KernelUnavailableError, ImportError):
+    """Triton is missing. Also an ImportError, so ``attention='triton'`` fails when the
+    model is built (as a ConfigError), not at its first forward."""
+
+
 class ArtifactError(ViTDeployError):
     """A missing, corrupt or incompatible exported artifact."""
 
