@@ -2,7 +2,9 @@
 
 FastAPI on uvicorn: a well-kept ASGI stack with graceful shutdown on SIGTERM (finish
 in-flight requests, then exit); the batching is ours (``batcher.py``) because every
-image must go through the artifact's own preprocessing and fail alone.
+image must go through the artifact's own preprocessing and fail alone. The two POST
+routes are plain ASGI in front of FastAPI (``fastpath.py``: a third of the event loop's
+CPU per request was FastAPI's own).
 
 A request: body read up to ``max_body_bytes`` (413), parsed (400), model name checked
 (404), admitted to the batcher's queue before any decoding (503 + Retry-After), images
@@ -18,13 +20,12 @@ import asyncio
 import logging
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -34,7 +35,9 @@ from vit_deploy.errors import ArtifactError
 from vit_deploy.labels import top_k
 from vit_deploy.serve.batcher import DynamicBatcher, QueueFullError
 from vit_deploy.serve.decode import DEFAULT_MAX_PIXELS, ImageInputError, decode_to_pixels
+from vit_deploy.serve.fastpath import ClientGoneError, PostRoutes, header, read_body
 from vit_deploy.serve.metrics import CONTENT_TYPE, ServeMetrics
+from vit_deploy.serve.pool import ChunkedThreadPool
 from vit_deploy.serve.schemas import (
     ClassifyRequest,
     EmbeddingsRequest,
@@ -45,6 +48,7 @@ from vit_deploy.serve.schemas import (
 
 log = logging.getLogger("vit_deploy.serve")
 OUTCOMES = {200: "ok", 400: "bad_request", 404: "not_found", 413: "too_large", 503: "overloaded"}
+DISCONNECTED = "disconnected"  # the client went away before its body was read
 RETRY_AFTER_S = "1"
 
 
@@ -57,13 +61,18 @@ class ServeSettings:
     max_body_bytes: int = 32 * 2**20
     max_pixels: int = DEFAULT_MAX_PIXELS
     exif_transpose: bool = True  # turn images by their EXIF orientation tag
-    decode_threads: int = max(1, min(4, os.cpu_count() or 1))
+    # half the cores (the model's threads take the rest), at most 4: decoding a small image
+    # is mostly Python under the GIL, so two decode threads on 2 cores only fight for it
+    decode_threads: int = max(1, min(4, (os.cpu_count() or 2) // 2))
+
+
+def json_bytes(body: dict) -> bytes:
+    """``body`` as JSON; numpy arrays in it are written as lists (float32 exactly)."""
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def json_response(body: dict, status: int = 200, headers=None) -> Response:
-    """``body`` as JSON; numpy arrays in it are written as lists (float32 exactly)."""
-    content = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
-    return Response(content, status_code=status, headers=headers, media_type="application/json")
+    return Response(json_bytes(body), status, headers, media_type="application/json")
 
 
 def classifier_problem(embedder) -> str | None:
@@ -92,23 +101,21 @@ class _Service:
             wait=settings.batch_wait,
             metrics=self.metrics,
         )
-        self.decoders = ThreadPoolExecutor(settings.decode_threads, "vit-serve-decode")
+        self.decoders = ChunkedThreadPool(self._decode, settings.decode_threads, "vit-serve-decode")
         self.classify_problem = classifier_problem(embedder)
         cfg = embedder.config
         self.tokens_per_image = (cfg.img_size // cfg.patch_size) ** 2 + int(cfg.class_token)
 
-    async def read_body(self, request: Request) -> bytes:
+    async def read_body(self, scope: dict, receive) -> bytes:
         limit = self.settings.max_body_bytes
-        declared = request.headers.get("content-length")
+
+        def too_large(got: str) -> HTTPError:
+            return HTTPError(413, f"expected a body of at most {limit} bytes, got {got}")
+
+        declared = header(scope, b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise HTTPError(413, f"expected a body of at most {limit} bytes, got {declared}")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise HTTPError(413, f"expected a body of at most {limit} bytes, got more")
-            chunks.append(chunk)
-        return b"".join(chunks)
+            raise too_large(declared)
+        return await read_body(receive, limit, too_large)
 
     def check(self, req) -> list[str]:
         if req.model is not None and req.model != self.name:
@@ -131,9 +138,7 @@ class _Service:
         )  # fmt: skip
 
     async def pixels(self, images: list[str]) -> list[np.ndarray]:
-        loop = asyncio.get_running_loop()
-        jobs = [loop.run_in_executor(self.decoders, self._decode, im) for im in images]
-        results = await asyncio.gather(*jobs, return_exceptions=True)
+        results = await asyncio.gather(*self.decoders.submit(images), return_exceptions=True)
         for i, res in enumerate(results):
             if isinstance(res, ImageInputError):
                 raise HTTPError(400, f"input[{i}]: {res}", param=f"input[{i}]", images=len(images))
@@ -168,8 +173,8 @@ class _Service:
         return {"prompt_tokens": tokens, "total_tokens": tokens, "images": n}
 
 
-def create_app(embedder, *, name: str, settings: ServeSettings | None = None) -> FastAPI:
-    """The app for one loaded, warmed ``Embedder``, served as model ``name``.
+def create_app(embedder, *, name: str, settings: ServeSettings | None = None) -> PostRoutes:
+    """The ASGI app for one loaded, warmed ``Embedder``, served as model ``name``.
 
     ``app.state.is_draining`` (a callable) makes ``/ready`` answer 503 once shutdown began.
     """
@@ -182,7 +187,7 @@ def create_app(embedder, *, name: str, settings: ServeSettings | None = None) ->
             yield
         finally:
             await svc.batcher.stop()
-            svc.decoders.shutdown(wait=True)
+            svc.decoders.close()
 
     app = FastAPI(title="vit-serve", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.service = svc
@@ -194,13 +199,13 @@ def create_app(embedder, *, name: str, settings: ServeSettings | None = None) ->
         if n:
             svc.metrics.images.labels(outcome).inc(n)
         svc.metrics.request_time.labels(endpoint).observe(time.perf_counter() - started)
-        return json_response(body, status, headers)
+        return status, json_bytes(body), headers or {}
 
-    async def handle(endpoint: str, request: Request, schema, respond):
+    async def handle(endpoint: str, scope: dict, receive, schema, respond):
         started = time.perf_counter()
         n = 0
         try:
-            req = parse_request(schema, await svc.read_body(request))
+            req = parse_request(schema, await svc.read_body(scope, receive))
             images = svc.check(req)
             n = len(images)
             if getattr(req, "dimensions", None) not in (None, embedder.dim):
@@ -212,6 +217,9 @@ def create_app(embedder, *, name: str, settings: ServeSettings | None = None) ->
             return answer(endpoint, started, 200, body, n=n)
         except HTTPError as err:
             return answer(endpoint, started, err.status, err.body(), err.headers, err.images or n)
+        except ClientGoneError:
+            svc.metrics.requests.labels(endpoint, DISCONNECTED).inc()
+            return None
         except Exception:  # noqa: BLE001 - logged here, never shown to the client
             log.exception("%s failed", endpoint)
             err = HTTPError(500, "internal error: the request failed in the server")
@@ -235,16 +243,14 @@ def create_app(embedder, *, name: str, settings: ServeSettings | None = None) ->
         ]  # fmt: skip
         return {"object": "list", "data": data, "model": name, "usage": svc.usage(len(rows))}
 
-    @app.post("/v1/embeddings")
-    async def embeddings(request: Request):
-        return await handle("embeddings", request, EmbeddingsRequest, embeddings_body)
+    async def embeddings(scope, receive):
+        return await handle("embeddings", scope, receive, EmbeddingsRequest, embeddings_body)
 
-    @app.post("/v1/classify")
-    async def classify(request: Request):
+    async def classify(scope, receive):
         if svc.classify_problem is not None:
             err = HTTPError(400, f"classify: {svc.classify_problem}; use /v1/embeddings")
             return answer("classify", time.perf_counter(), 400, err.body())
-        return await handle("classify", request, ClassifyRequest, classify_body)
+        return await handle("classify", scope, receive, ClassifyRequest, classify_body)
 
     @app.get("/v1/models")
     async def models():
@@ -278,7 +284,7 @@ def create_app(embedder, *, name: str, settings: ServeSettings | None = None) ->
         log.exception("unhandled error")
         return json_response(HTTPError(500, "internal error").body(), 500)
 
-    return app
+    return PostRoutes(app, {"/v1/embeddings": embeddings, "/v1/classify": classify})
 
 
 def warm_up(embedder, max_batch: int) -> None:

@@ -23,7 +23,7 @@ def batch_buckets(max_batch: int) -> tuple[float, ...]:
 
 class ServeMetrics:
     """Everything ``/metrics`` reports. Outcomes: ok, bad_request, too_large, overloaded,
-    not_found, error."""
+    not_found, error, disconnected (the client left before its body was read)."""
 
     def __init__(self, max_batch: int):
         self.registry = CollectorRegistry(auto_describe=True)
