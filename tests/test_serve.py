@@ -316,3 +316,62 @@ def test_model_that_fails_to_load_exits_before_binding(tmp_path):
         assert run.stdout == ""  # never announced an address
         lines = run.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("vit-serve: error:"), run.stderr
+
+
+def test_fast_path_answers_as_the_fastapi_routes(embedder, images):
+    """PostRoutes (plain ASGI) in front, and the FastAPI routes it stands in for, in-process:
+    the same status and body for good, bad and oversized requests; other methods get 405."""
+    import asyncio
+
+    from vit_deploy.serve.app import ServeSettings, create_app
+
+    paths, blobs = images
+    good = {"model": "tiny", "input": [data_uri(b) for b in blobs[:3]]}
+    bad = {"model": "tiny", "input": [data_uri(blobs[0]), data_uri(b"not a png")]}
+    cases = [
+        ("/v1/embeddings", good),
+        ("/v1/embeddings", {**good, "encoding_format": "base64"}),
+        ("/v1/embeddings", bad),
+        ("/v1/embeddings", {**good, "model": "other"}),
+        ("/v1/classify", {**good, "top_k": 2}),
+        ("/v1/embeddings", {"model": "tiny", "input": ["x" * 300_000]}),  # over the body limit
+    ]
+
+    async def answers(app, fastapi_app):
+        transport = httpx.ASGITransport(app=app)
+        async with fastapi_app.router.lifespan_context(fastapi_app):  # the batcher runs
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                out = [await client.post(path, json=body) for path, body in cases]
+                out.append(await client.get("/v1/embeddings"))
+        return [(r.status_code, r.content) for r in out]
+
+    settings = ServeSettings(max_body_bytes=200_000, decode_threads=1)
+    fast = create_app(embedder, name="tiny", settings=settings)
+    reference = create_app(embedder, name="tiny", settings=settings).app  # FastAPI alone
+    got = asyncio.run(answers(fast, fast.app))
+    want = asyncio.run(answers(reference, reference))
+    assert [s for s, _ in want] == [200, 200, 400, 404, 200, 413, 405]
+    assert got == want
+    assert b"input[1]" in got[2][1]
+    assert set(fast.routes) == {"/v1/embeddings", "/v1/classify"}  # answered in front
+
+
+def test_client_gone_before_its_body_is_answered_by_nobody(embedder):
+    import asyncio
+
+    from vit_deploy.serve.app import create_app
+
+    app = create_app(embedder, name="tiny")
+    sent = []
+
+    async def receive():
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/embeddings", "headers": []}
+    asyncio.run(app(scope, receive, send))
+    assert sent == []
+    text = app.state.service.metrics.render().decode()
+    assert metric(text, "vit_serve_requests_total", endpoint="embeddings", outcome="disconnected")

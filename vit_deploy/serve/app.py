@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import orjson
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -252,6 +252,12 @@ def create_app(embedder, *, name: str, settings: ServeSettings | None = None) ->
             return answer("classify", time.perf_counter(), 400, err.body())
         return await handle("classify", scope, receive, ClassifyRequest, classify_body)
 
+    post_routes = {"/v1/embeddings": embeddings, "/v1/classify": classify}
+    for path, handler in post_routes.items():
+        # the same handlers as FastAPI routes: what answers when PostRoutes is not in front
+        # (the reference path the tests compare it with), and 405 for other methods
+        app.add_api_route(path, as_route(handler), methods=["POST"], include_in_schema=False)
+
     @app.get("/v1/models")
     async def models():
         return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "local"}]}
@@ -284,7 +290,20 @@ def create_app(embedder, *, name: str, settings: ServeSettings | None = None) ->
         log.exception("unhandled error")
         return json_response(HTTPError(500, "internal error").body(), 500)
 
-    return PostRoutes(app, {"/v1/embeddings": embeddings, "/v1/classify": classify})
+    return PostRoutes(app, post_routes)
+
+
+def as_route(handler):
+    """A fast-path handler as a FastAPI endpoint."""
+
+    async def route(request: Request):
+        answer = await handler(request.scope, request.receive)
+        if answer is None:
+            return Response(status_code=400)  # the client is gone; nobody reads this
+        status, body, headers = answer
+        return Response(body, status, headers, media_type="application/json")
+
+    return route
 
 
 def warm_up(embedder, max_batch: int) -> None:
