@@ -375,3 +375,18 @@ def test_client_gone_before_its_body_is_answered_by_nobody(embedder):
     assert sent == []
     text = app.state.service.metrics.render().decode()
     assert metric(text, "vit_serve_requests_total", endpoint="embeddings", outcome="disconnected")
+
+
+def test_ort_threads_sleep_unless_ort_spin(artifact):
+    from vit_deploy.cli.serve import build_parser, load_embedder
+
+    def spinning(*flags) -> bool:
+        args = build_parser().parse_args(["--artifact", str(artifact), "--max-batch", "2", *flags])
+        options = load_embedder(args).backend.session.get_session_options()
+        try:
+            return options.get_session_config_entry("session.intra_op.allow_spinning") != "0"
+        except RuntimeError:  # not set: ONNX Runtime's default, which spins
+            return True
+
+    assert not spinning()
+    assert spinning("--ort-spin")

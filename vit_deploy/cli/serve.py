@@ -3,7 +3,8 @@
 vit-serve --artifact DIR [--host 127.0.0.1] [--port 8000] [--backend auto] [--name NAME]
           [--max-batch N] [--max-delay-ms T] [--batch-wait incoming|window]
           [--max-queue Q] [--max-body-mb M]
-          [--max-pixels P] [--decode-threads N] [--threads N] [--drain-timeout S]
+          [--max-pixels P] [--decode-threads N] [--threads N] [--ort-spin]
+          [--drain-timeout S]
 """
 
 from __future__ import annotations
@@ -95,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", type=_positive, default=None, metavar="N", help="ONNX Runtime threads"
     )
     p.add_argument(
+        "--ort-spin", action="store_true",
+        help="ONNX Runtime threads busy-wait for work instead of sleeping: a lighter batch-1 "
+        "tail at low load, at the cost of CPU that decoding and HTTP need under load "
+        "(default: off)",
+    )  # fmt: skip
+    p.add_argument(
         "--drain-timeout", type=_non_negative, default=30.0, metavar="S",
         help="on SIGTERM, wait this long for in-flight requests (default: 30)",
     )  # fmt: skip
@@ -111,7 +118,8 @@ def load_embedder(args: argparse.Namespace):
 
     kw = {"threads": args.threads} if args.threads else {}
     if artifact_backend(args.artifact, args.backend) == "ort":
-        kw["spin"] = False  # the cores are shared with decoding and HTTP: see session_options
+        # the cores are shared with decoding and HTTP: see session_options
+        kw["spin"] = args.ort_spin
     embedder = Embedder.from_artifact(Path(args.artifact), backend=args.backend, **kw)
     if args.max_batch is None:
         profile = (embedder.backend.manifest or {}).get("batch_profile") or {}
