@@ -41,18 +41,19 @@ def test_jobs_queued_while_the_worker_is_busy_are_settled_in_one_callback(monkey
     monkeypatch.setattr(
         pool_module, "_settle", lambda done: (settled.append(len(done)), real_settle(done))
     )
-    release = threading.Event()
+    started, release = threading.Event(), threading.Event()
 
     def job(x):
         if x == "block":
+            started.set()
             release.wait(5)
         return x
 
     async def main():
-        pool = ChunkedThreadPool(job, 1, "t")
+        pool = ChunkedThreadPool(job, 1, "t", max_chunk=4)
         try:
             first = pool.submit(["block"])
-            await asyncio.sleep(0.05)  # the worker is inside the first job
+            assert await asyncio.to_thread(started.wait, 5)  # the worker is inside it
             rest = pool.submit(list(range(6)))
             release.set()
             assert await asyncio.gather(*first, *rest) == ["block", *range(6)]
@@ -60,15 +61,34 @@ def test_jobs_queued_while_the_worker_is_busy_are_settled_in_one_callback(monkey
             pool.close()
 
     run(main())
-    assert settled == [1, 6]
+    assert settled == [1, 4, 2]  # the queued six in chunks of at most max_chunk
+
+
+def test_a_job_raising_stopiteration_does_not_strand_its_chunk():
+    def job(x):
+        if x == 1:
+            raise StopIteration  # cannot be set on a future as it is
+        return x
+
+    async def main():
+        pool = ChunkedThreadPool(job, 1, "t")
+        try:
+            out = await asyncio.gather(*pool.submit([0, 1, 2]), return_exceptions=True)
+        finally:
+            pool.close()
+        assert out[0] == 0 and out[2] == 2
+        assert isinstance(out[1], RuntimeError) and "StopIteration" in str(out[1])
+
+    run(main())
 
 
 def test_cancelled_job_is_not_run():
     ran: list[int] = []
-    release = threading.Event()
+    started, release = threading.Event(), threading.Event()
 
     def job(x):
         if x == 0:
+            started.set()
             release.wait(5)
         ran.append(x)
         return x
@@ -77,7 +97,7 @@ def test_cancelled_job_is_not_run():
         pool = ChunkedThreadPool(job, 1, "t")
         try:
             first = pool.submit([0])
-            await asyncio.sleep(0.05)
+            assert await asyncio.to_thread(started.wait, 5)
             gone, kept = pool.submit([1, 2])
             gone.cancel()  # its request went away while it waited
             release.set()
@@ -102,5 +122,5 @@ def test_close_runs_what_is_queued_then_refuses_more():
 
 
 def test_bad_thread_count_is_refused():
-    with pytest.raises(ValueError, match="threads: expected >= 1, got 0"):
+    with pytest.raises(ValueError, match="threads >= 1 and max_chunk >= 1, got 0 and 16"):
         ChunkedThreadPool(square_or_fail, 0, "t")

@@ -8,7 +8,9 @@ with 32 clients: 0.25 ms to decode an image, 0.3 ms more to do it through
 (under load, many) and sets all their futures in one loop callback.
 
 ``pool.submit(args)`` -> one asyncio future per job; a job's exception goes to its own
-future only. A job whose future was cancelled (its request went away) is not run.
+future only. A job whose future was cancelled (its request went away) is not run. A
+chunk is at most ``max_chunk`` jobs, so a request queued behind a crowd (or behind a
+few large images) hears back after at most that many decodes.
 """
 
 from __future__ import annotations
@@ -21,10 +23,13 @@ from collections.abc import Callable, Iterable
 
 
 class ChunkedThreadPool:
-    def __init__(self, fn: Callable, threads: int, name: str):
-        if threads < 1:
-            raise ValueError(f"threads: expected >= 1, got {threads}")
+    def __init__(self, fn: Callable, threads: int, name: str, max_chunk: int = 16):
+        if threads < 1 or max_chunk < 1:
+            raise ValueError(
+                f"expected threads >= 1 and max_chunk >= 1, got {threads} and {max_chunk}"
+            )
         self._fn = fn
+        self._max_chunk = max_chunk
         self._jobs: deque[tuple[object, asyncio.Future]] = deque()
         self._ready = threading.Condition()
         self._closed = False
@@ -61,7 +66,7 @@ class ChunkedThreadPool:
                 self._ready.wait()
             if not self._jobs:
                 return None
-            share = math.ceil(len(self._jobs) / len(self._threads))
+            share = min(self._max_chunk, math.ceil(len(self._jobs) / len(self._threads)))
             chunk = [self._jobs.popleft() for _ in range(share)]
             if self._jobs:
                 self._ready.notify()  # an idle worker can take the rest
@@ -88,10 +93,14 @@ def _settle(done: list[tuple[asyncio.Future, bool, object]]) -> None:
     for future, ok, value in done:
         if future.done():  # cancelled meanwhile
             continue
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
+        try:
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+        except (TypeError, ValueError):  # StopIteration cannot go into a future: the rest of
+            # the chunk (other requests) must still be settled
+            future.set_exception(RuntimeError(f"the job raised {value!r}"))
 
 
 __all__ = ["ChunkedThreadPool"]
