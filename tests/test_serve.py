@@ -385,6 +385,7 @@ def test_client_gone_before_its_body_is_answered_by_nobody(embedder):
 
     scope = {"type": "http", "method": "POST", "path": "/v1/embeddings", "headers": []}
     asyncio.run(app(scope, receive, send))
+    app.state.service.decoders.close()  # no lifespan ran to close it
     assert sent == []
     text = app.state.service.metrics.render().decode()
     assert metric(text, "vit_serve_requests_total", endpoint="embeddings", outcome="disconnected")
