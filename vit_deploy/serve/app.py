@@ -71,8 +71,10 @@ def json_bytes(body: dict) -> bytes:
     return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def json_response(body: dict, status: int = 200, headers=None) -> Response:
-    return Response(json_bytes(body), status, headers, media_type="application/json")
+def json_response(body: dict | bytes, status: int = 200, headers=None) -> Response:
+    """A JSON response of ``body`` (a dict, or JSON bytes already written)."""
+    content = body if isinstance(body, bytes) else json_bytes(body)
+    return Response(content, status, headers, media_type="application/json")
 
 
 def classifier_problem(embedder) -> str | None:
@@ -301,7 +303,7 @@ def as_route(handler):
         if answer is None:
             return Response(status_code=400)  # the client is gone; nobody reads this
         status, body, headers = answer
-        return Response(body, status, headers, media_type="application/json")
+        return json_response(body, status, headers)
 
     return route
 
