@@ -17,10 +17,10 @@ already there):
    latency p50/p99, images/s, the mean batch size from the server's own metrics, and the
    CPU time per image of the server process and of the client;
 2. offline: ``Embedder.embed(paths, batch_size=B)`` on the same PNG files, B = C (decode
-   + preprocess + model, what a user runs instead of a server), in this process right
-   before and right after each served level, while the server sits idle (its CPU time
-   over those windows is recorded to show it); the level's ratio is served / the mean of
-   the two. This machine's speed drifts by tens of percent within minutes, so each level
+   + preprocess + model, what a user runs instead of a server), each in a fresh process
+   of its own, right before and right after each served level, while the server sits idle
+   (its CPU time over those windows is recorded to show it); the level's ratio is served
+   / the mean of the two. This machine's speed drifts by tens of percent within minutes, so each level
    is measured ``--repeats`` times and the table shows the repeat with the median ratio,
    beside every repeat's ratio; the 1-client level, whose target is about its p99, at
    least ``--repeats-1-client`` times, and the table shows the repeat with the median p99;
@@ -90,12 +90,29 @@ def _mean_offline(before: dict, after: dict) -> dict:
     return {**row, "batch": before["batch"], "before": before, "after": after}
 
 
-def offline(emb, paths: list[Path], batch: int, min_images: int) -> dict:
+def offline(artifact: Path, paths: list[Path], batch: int, min_images: int) -> dict:
+    """``embed`` at ``batch`` in a process of its own, which has exited before the served
+    run starts: the load generator's process holds no model whose threads take the
+    server's cores (ONNX Runtime's threads spin for about 40 ms of CPU after each call)."""
+    spec = {"artifact": str(artifact), "paths": [str(p) for p in paths], "batch": batch,
+            "min_images": min_images}  # fmt: skip
+    cmd = [sys.executable, __file__, "--offline-job", json.dumps(spec)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"offline run failed (exit {done.returncode}): {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def offline_job(spec: dict) -> dict:
     """``emb.embed`` over the files at ``batch``: images/s and per-call latency."""
-    chunk = [str(paths[i % len(paths)]) for i in range(batch)]
+    from vit_deploy.embed.embedder import Embedder
+
+    emb = Embedder.from_artifact(Path(spec["artifact"]))
+    batch, paths = spec["batch"], spec["paths"]
+    chunk = [paths[i % len(paths)] for i in range(batch)]
     emb.embed(chunk, batch_size=batch)  # warm-up
     calls, started = [], time.perf_counter()
-    while len(calls) * batch < min_images or time.perf_counter() - started < 2.0:
+    while len(calls) * batch < spec["min_images"] or time.perf_counter() - started < 2.0:
         t = time.perf_counter()
         out = emb.embed(chunk, batch_size=batch)
         calls.append(time.perf_counter() - t)
@@ -110,12 +127,21 @@ def offline(emb, paths: list[Path], batch: int, min_images: int) -> dict:
     }
 
 
+def add_server_flags(p: argparse.ArgumentParser) -> None:
+    """The vit-serve flags every served run gets (``Served``), and ``--results``."""
+    p.add_argument("--max-batch", type=int, default=32)
+    p.add_argument("--max-delay-ms", type=float, default=5.0)
+    p.add_argument("--max-queue", type=int, default=256)
+    p.add_argument("--batch-wait", default="incoming", choices=["incoming", "window"])
+    p.add_argument("--results", type=Path, default=RESULTS)
+
+
 class Served:
-    def __init__(self, artifact: Path, args):
+    def __init__(self, artifact: Path, args, extra: tuple[str, ...] = ()):
         cmd = [str(VENV_BIN / "vit-serve"), "--artifact", str(artifact), "--port", "0"]
         cmd += ["--name", "bench", "--max-batch", str(args.max_batch)]
         cmd += ["--max-delay-ms", str(args.max_delay_ms), "--max-queue", str(args.max_queue)]
-        cmd += ["--batch-wait", args.batch_wait]
+        cmd += ["--batch-wait", args.batch_wait, *extra]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
         match = re.search(r"on (http://\S+)$", line.strip())
@@ -227,14 +253,14 @@ def rss_run(server: Served, payloads, total: int, clients: int = 8) -> dict:
     }
 
 
-def paired_level(server: Served, emb, paths, payloads, clients: int, requests: int) -> dict:
+def paired_level(server: Served, artifact, paths, payloads, clients: int, requests: int) -> dict:
     """One served level between two offline runs at batch ``clients``; its ratio."""
     cpu = [server.cpu_s()]
-    before = offline(emb, paths, clients, min(requests, 512))
+    before = offline(artifact, paths, clients, min(requests, 512))
     cpu.append(server.cpu_s())
     row = serve_run(server, payloads, clients, requests)
     cpu.append(server.cpu_s())
-    after = offline(emb, paths, clients, min(requests, 512))
+    after = offline(artifact, paths, clients, min(requests, 512))
     cpu.append(server.cpu_s())
     off = _mean_offline(before, after)
     row["offline"] = off
@@ -245,20 +271,17 @@ def paired_level(server: Served, emb, paths, payloads, clients: int, requests: i
 
 
 def bench_model(model: str, args, tmp: Path) -> dict:
-    from vit_deploy.embed.embedder import Embedder
-
     artifact = ensure_artifact(model)
     paths = make_images(tmp / model, model)
     payloads = ["data:image/png;base64," + base64.b64encode(p.read_bytes()).decode() for p in paths]
     requests = args.requests if model == "default" else args.requests_vit_s16
     repeats = args.repeats if model == "default" else args.repeats_vit_s16
-    emb = Embedder.from_artifact(artifact)
     server = Served(artifact, args)
     served = []
     try:
         for c in args.concurrency:
             n = max(repeats, args.repeats_1_client) if c == 1 else repeats
-            runs = [paired_level(server, emb, paths, payloads, c, requests) for _ in range(n)]
+            runs = [paired_level(server, artifact, paths, payloads, c, requests) for _ in range(n)]
             # the repeat with the median of what this level's target is about
             stat = "p99_ms" if c == 1 else "ratio_to_offline"
             median = sorted(runs, key=lambda r: r[stat])[(len(runs) - 1) // 2]
@@ -385,6 +408,9 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--offline-job"]:  # the offline run, in its own process
+        print(json.dumps(offline_job(json.loads(sys.argv[2]))))
+        return
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="default,vit-s16")
     p.add_argument("--concurrency", default="1,8,32")
@@ -394,11 +420,7 @@ def main() -> None:
     p.add_argument("--repeats-vit-s16", type=int, default=1, help="per level, ViT-S/16")
     p.add_argument("--repeats-1-client", type=int, default=3, help="at least, every model")
     p.add_argument("--rss-requests", type=int, default=10000)
-    p.add_argument("--max-batch", type=int, default=32)
-    p.add_argument("--max-delay-ms", type=float, default=5.0)
-    p.add_argument("--max-queue", type=int, default=256)
-    p.add_argument("--batch-wait", default="incoming", choices=["incoming", "window"])
-    p.add_argument("--results", type=Path, default=RESULTS)
+    add_server_flags(p)
     args = p.parse_args()
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     from vit_deploy.bench.environment import collect, load_average
