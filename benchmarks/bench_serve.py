@@ -20,9 +20,9 @@ already there):
    + preprocess + model, what a user runs instead of a server), each in a fresh process
    of its own, right before and right after each served level, while the server sits idle
    (its CPU time over those windows is recorded to show it); the level's ratio is served
-   / the mean of the two. This machine's speed drifts by tens of percent within minutes, so each level
-   is measured ``--repeats`` times and the table shows the repeat with the median ratio,
-   beside every repeat's ratio; the 1-client level, whose target is about its p99, at
+   / the mean of the two. This machine's speed drifts by tens of percent within minutes,
+   so each level is measured ``--repeats`` times and the table shows the repeat with the
+   median ratio, beside every repeat's ratio; the 1-client level, whose target is about its p99, at
    least ``--repeats-1-client`` times, and the table shows the repeat with the median p99;
 3. memory (default model only): the server's RSS after warm-up and every 1,000 requests
    over ``--rss-requests`` requests.

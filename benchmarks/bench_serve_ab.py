@@ -16,7 +16,6 @@ process). Writes ``ab-<name>.json`` and ``ab-<name>.md`` to ``benchmarks/results
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import json
 import shlex
@@ -30,8 +29,8 @@ from bench_serve import (  # noqa: E402
     Served,
     add_server_flags,
     ensure_artifact,
-    load,
     make_images,
+    serve_run,
     write_atomic,
 )
 
@@ -48,10 +47,7 @@ def setting(text: str) -> tuple[str, tuple[str, ...]]:
 def one_round(artifact, args, flags, payloads) -> dict:
     server = Served(artifact, args, flags)
     try:
-        asyncio.run(load(server.url, payloads, args.clients, 4 * args.clients + 16))  # warm-up
-        cpu = server.cpu_s()
-        row = asyncio.run(load(server.url, payloads, args.clients, args.requests))
-        row["server_cpu_ms_per_image"] = 1000 * (server.cpu_s() - cpu) / args.requests
+        row = serve_run(server, payloads, args.clients, args.requests)
     finally:
         exit_code = server.stop()
     if exit_code != 0 or row["errors"]:

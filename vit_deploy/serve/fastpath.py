@@ -3,9 +3,10 @@
 Measured on this project's 2-core machine (aiohttp, 32 clients): uvicorn answers a bare
 ASGI app for 0.056 ms of server CPU per request and FastAPI's ``/health`` for 0.17 ms.
 On the embeddings route it was a third of the event loop's CPU per image (0.33 -> 0.22
-ms at 32 clients once routed here), and the event loop shares the GIL with decoding. So ``POST /v1/embeddings`` and
-``POST /v1/classify`` are answered here; everything else (health, metrics, 404/405 in
-our error shape, the lifespan that starts and stops the batcher) by FastAPI.
+ms at 32 clients once routed here), and the event loop shares the GIL with decoding. So
+``POST /v1/embeddings`` and ``POST /v1/classify`` are answered here; everything else
+(health, metrics, 404/405 in our error shape, the lifespan that starts and stops the
+batcher) by FastAPI.
 
 A route handler takes ``(scope, receive)`` and returns ``(status, body, headers)``, the
 body as JSON bytes, or None when the client went away before its request was read.
