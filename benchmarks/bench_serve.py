@@ -6,7 +6,7 @@
                                      [--repeats-1-client 3]
                                      [--rss-requests 10000] [--max-batch 32]
                                      [--max-delay-ms 5] [--batch-wait incoming]
-                                     [--results DIR]
+                                     [--server-flags=FLAGS] [--results DIR]
 
 For each model (the bundled default model and a ViT-S/16 preset with random weights,
 both exported with ``vit-export --fmt onnx`` into ``artifacts/bench-serve/`` unless
@@ -41,6 +41,7 @@ import asyncio
 import base64
 import json
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -133,6 +134,10 @@ def add_server_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-delay-ms", type=float, default=5.0)
     p.add_argument("--max-queue", type=int, default=256)
     p.add_argument("--batch-wait", default="incoming", choices=["incoming", "window"])
+    p.add_argument(
+        "--server-flags", type=shlex.split, default=[], metavar="FLAGS",
+        help="more vit-serve flags, as one argument: --server-flags=--ort-spin-idle",
+    )  # fmt: skip
     p.add_argument("--results", type=Path, default=RESULTS)
 
 
@@ -141,7 +146,7 @@ class Served:
         cmd = [str(VENV_BIN / "vit-serve"), "--artifact", str(artifact), "--port", "0"]
         cmd += ["--name", "bench", "--max-batch", str(args.max_batch)]
         cmd += ["--max-delay-ms", str(args.max_delay_ms), "--max-queue", str(args.max_queue)]
-        cmd += ["--batch-wait", args.batch_wait, *extra]
+        cmd += ["--batch-wait", args.batch_wait, *args.server_flags, *extra]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
         match = re.search(r"on (http://\S+)$", line.strip())
@@ -340,7 +345,8 @@ def markdown(result: dict, command: str) -> str:
         f"before {env.get('load_average_start')}, after {result['load_average_after']} (shared, busy "
         "machine: the HTTP client runs on the same cores as the server).",
         f"Server: `--max-batch {result['max_batch']} --max-delay-ms {result['max_delay_ms']} "
-        f"--batch-wait {result['batch_wait']}`, ONNX Runtime fp32 on the CPU. Offline = "
+        f"--batch-wait {result['batch_wait']}{''.join(' ' + f for f in result['server_flags'])}`, "
+        "ONNX Runtime fp32 on the CPU. Offline = "
         "`Embedder.embed(paths, batch_size=B)` on the same PNGs (decode + preprocess + model), "
         "B = the number of clients. CPU columns: CPU time per image of the server process "
         "and of the (aiohttp) client process.",
@@ -430,6 +436,7 @@ def main() -> None:
         "max_batch": args.max_batch,
         "max_delay_ms": args.max_delay_ms,
         "batch_wait": args.batch_wait,
+        "server_flags": args.server_flags,
         "models": {},
     }
     with tempfile.TemporaryDirectory() as tmp:

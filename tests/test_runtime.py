@@ -20,7 +20,7 @@ from vit_deploy.errors import (
 from vit_deploy.manifest import MANIFEST_NAME, file_entry, read_manifest, write_manifest
 from vit_deploy.model.vit import create_model
 from vit_deploy.runtime import load_backend
-from vit_deploy.runtime.ort_backend import OrtBackend, pick_providers
+from vit_deploy.runtime.ort_backend import OrtBackend, pick_providers, spin_entries
 from vit_deploy.runtime.torch_backend import TorchBackend
 
 CFG = ViTConfig(
@@ -98,6 +98,26 @@ def test_ort_backend_threads_and_providers(artifact):
     with pytest.raises(ConfigError, match="threads: expected a positive int"):
         OrtBackend.from_artifact(artifact, threads=0)
     assert pick_providers()[-1] == "CPUExecutionProvider"
+
+
+def test_spin_settings_become_session_entries(caplog):
+    assert spin_entries(True, "1.32.0") == {}  # ONNX Runtime's own policy
+    assert spin_entries(False, "1.32.0") == {"session.intra_op.allow_spinning": "0"}
+    assert spin_entries(0, "1.32.0") == {"session.intra_op.allow_spinning": "0"}
+    assert spin_entries(200, "1.26.0.dev20260505") == {"session.intra_op.spin_duration_us": "200"}
+    # a version that ignores the duration would spin unbounded: it gets no spinning, said so
+    assert spin_entries(200, "1.25.1") == {"session.intra_op.allow_spinning": "0"}
+    assert "cannot bound" in caplog.text
+    for bad in (-1, 2.5, "200"):
+        with pytest.raises(ConfigError, match="spin: expected True, False or microseconds"):
+            spin_entries(bad, "1.32.0")
+
+
+def test_bounded_spin_reaches_the_session(artifact):
+    backend = OrtBackend.from_artifact(artifact, spin=300)
+    options = backend.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.spin_duration_us") == "300"
+    assert backend(_pixels(2))["logits"].shape == (2, 5)
 
 
 @pytest.mark.parametrize("make_backend", ["torch", "ort"])

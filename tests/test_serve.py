@@ -4,6 +4,7 @@ talked to over HTTP. Every answer is compared with ``Embedder`` on the same imag
 from __future__ import annotations
 
 import base64
+import os
 import re
 import signal
 import socket
@@ -391,16 +392,50 @@ def test_client_gone_before_its_body_is_answered_by_nobody(embedder):
     assert metric(text, "vit_serve_requests_total", endpoint="embeddings", outcome="disconnected")
 
 
-def test_ort_threads_sleep_unless_ort_spin(artifact):
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+def test_ort_spin_idle_puts_only_the_sessions_threads_at_idle_priority(artifact):
     from vit_deploy.cli.serve import build_parser, load_embedder
+    from vit_deploy.errors import ConfigError
+    from vit_deploy.serve.threads import set_idle_priority, thread_ids
 
-    def spinning(*flags) -> bool:
+    def idle() -> set[int]:
+        return {t for t in thread_ids() if os.sched_getscheduler(t) == os.SCHED_IDLE}
+
+    before = idle()
+    args = build_parser().parse_args(["--artifact", str(artifact), "--ort-spin-idle"])
+    embedder = load_embedder(args)
+    started = idle() - before
+    assert started, "expected the session's intra-op threads at SCHED_IDLE"
+    assert threading.get_native_id() not in started  # the caller keeps its priority
+    options = embedder.backend.session.get_session_options()
+    with pytest.raises(RuntimeError):  # no spin entry: ONNX Runtime's own spinning
+        options.get_session_config_entry("session.intra_op.allow_spinning")
+    image = random_image(np.random.default_rng(0), 40, 30)
+    assert np.array_equal(embedder.embed([image]), Embedder.from_artifact(artifact).embed([image]))
+    with pytest.raises(ConfigError, match="got none"):
+        set_idle_priority(set())
+
+
+def test_ort_spin_flags_reach_the_session(artifact):
+    from vit_deploy.cli.serve import SERVE_SPIN_US, build_parser, load_embedder
+
+    def entries(*flags) -> dict[str, str]:
         args = build_parser().parse_args(["--artifact", str(artifact), "--max-batch", "2", *flags])
         options = load_embedder(args).backend.session.get_session_options()
-        try:
-            return options.get_session_config_entry("session.intra_op.allow_spinning") != "0"
-        except RuntimeError:  # not set: ONNX Runtime's default, which spins
-            return True
+        found = {}
+        for key in ("allow_spinning", "spin_duration_us"):
+            try:
+                found[key] = options.get_session_config_entry(f"session.intra_op.{key}")
+            except RuntimeError:  # not set: ONNX Runtime's default
+                pass
+        return found
 
-    assert not spinning()
-    assert spinning("--ort-spin")
+    default = {"spin_duration_us": str(SERVE_SPIN_US)} if SERVE_SPIN_US else {}
+    assert entries() == (default or {"allow_spinning": "0"})
+    assert entries("--ort-spin") == {}  # ONNX Runtime's own policy, which spins
+    assert entries("--ort-spin-us", "0") == {"allow_spinning": "0"}
+    assert entries("--ort-spin-us", "250") == {"spin_duration_us": "250"}
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--artifact", str(artifact), "--ort-spin", "--ort-spin-us", "5"])
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--artifact", str(artifact), "--ort-spin-us", "-1"])

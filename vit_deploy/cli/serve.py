@@ -3,7 +3,8 @@
 vit-serve --artifact DIR [--host 127.0.0.1] [--port 8000] [--backend auto] [--name NAME]
           [--max-batch N] [--max-delay-ms T] [--batch-wait incoming|window]
           [--max-queue Q] [--max-body-mb M]
-          [--max-pixels P] [--decode-threads N] [--threads N] [--ort-spin]
+          [--max-pixels P] [--decode-threads N] [--threads N]
+          [--ort-spin | --ort-spin-us US | --ort-spin-idle]
           [--drain-timeout S]
 """
 
@@ -19,6 +20,8 @@ from pathlib import Path
 from vit_deploy.cli.common import EXIT_OK, EXIT_USAGE, UsageError, configure_logging, run_main
 
 PROG = "vit-serve"
+# How long an idle ONNX Runtime thread spins before it sleeps (see session_options)
+SERVE_SPIN_US = 0
 log = logging.getLogger("vit_deploy.cli.serve")
 
 EPILOG = """\
@@ -37,6 +40,13 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def _microseconds(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected microseconds >= 0, got {text}")
     return value
 
 
@@ -95,11 +105,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--threads", type=_positive, default=None, metavar="N", help="ONNX Runtime threads"
     )
-    p.add_argument(
+    spin = p.add_mutually_exclusive_group()
+    spin.add_argument(
+        "--ort-spin-us", type=_microseconds, default=SERVE_SPIN_US, metavar="US",
+        help="an idle ONNX Runtime thread spins at most this long before it sleeps; 0: it "
+        f"sleeps at once (default: {SERVE_SPIN_US}; ONNX Runtime >= 1.26, else 0)",
+    )  # fmt: skip
+    spin.add_argument(
         "--ort-spin", action="store_true",
-        help="ONNX Runtime threads busy-wait for work instead of sleeping: a lighter batch-1 "
-        "tail at low load, at the cost of CPU that decoding and HTTP need under load "
-        "(default: off)",
+        help="ONNX Runtime's own spinning (tens of ms after each call): CPU that decoding "
+        "and HTTP need under load",
+    )  # fmt: skip
+    spin.add_argument(
+        "--ort-spin-idle", action="store_true",
+        help="ONNX Runtime's own spinning, its intra-op threads at idle priority (Linux "
+        "SCHED_IDLE): they spin only on CPU no other thread wants, and yield to other "
+        "processes too",
     )  # fmt: skip
     p.add_argument(
         "--drain-timeout", type=_non_negative, default=30.0, metavar="S",
@@ -115,12 +136,25 @@ def load_embedder(args: argparse.Namespace):
     from vit_deploy.embed.embedder import Embedder
     from vit_deploy.runtime import artifact_backend
     from vit_deploy.serve.app import warm_up
+    from vit_deploy.serve.threads import set_idle_priority, with_started_threads
 
     kw = {"threads": args.threads} if args.threads else {}
     if artifact_backend(args.artifact, args.backend) == "ort":
         # the cores are shared with decoding and HTTP: see session_options
-        kw["spin"] = args.ort_spin
-    embedder = Embedder.from_artifact(Path(args.artifact), backend=args.backend, **kw)
+        kw["spin"] = True if args.ort_spin or args.ort_spin_idle else args.ort_spin_us
+    elif args.ort_spin_idle:
+        raise UsageError("--ort-spin-idle: expected an ONNX Runtime artifact and backend")
+
+    def load():
+        return Embedder.from_artifact(Path(args.artifact), backend=args.backend, **kw)
+
+    if args.ort_spin_idle:
+        import onnxruntime  # noqa: F401 - its import starts a thread that is not the session's
+
+        embedder, started = with_started_threads(load)
+        set_idle_priority(started)
+    else:
+        embedder = load()
     if args.max_batch is None:
         profile = (embedder.backend.manifest or {}).get("batch_profile") or {}
         args.max_batch = int(profile.get("max", 32))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -15,6 +16,12 @@ from vit_deploy.runtime.base import INPUT_NAME, Backend, default_output_names
 # Tried in this order when present in ort.get_available_providers(); CPU is always last.
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 OUTPUT_NAMES = ("logits", "embedding")
+# ONNX Runtime 1.26 made an idle worker's spin a time budget, the session config entry
+# session.intra_op.spin_duration_us (microsoft/onnxruntime#27916); older versions spin a
+# fixed count of pauses (tens of ms on recent x86) and ignore the key.
+BOUNDED_SPIN_SINCE = (1, 26)
+
+log = logging.getLogger("vit_deploy.runtime")
 
 
 def _ort():
@@ -45,15 +52,17 @@ def session_options(
     threads: int | None = None,
     optimization: str = "all",
     optimized_model_path: str | os.PathLike | None = None,
-    spin: bool = True,
+    spin: bool | int = True,
 ):
     """SessionOptions: intra-op threads, graph optimisation level, and (optionally) where
     ONNX Runtime should save the graph it actually runs, for fusion counting.
 
-    ``spin=False``: the intra-op threads sleep between calls instead of busy-waiting for
-    the next one. ORT spins by default, which is fastest when inference is all the process
-    does; a server that decodes and answers HTTP on the same cores loses that CPU to it
-    (measured: a third of the server's CPU time, see benchmarks/results/serve)."""
+    ``spin``, what an idle intra-op thread does before it sleeps: True, ORT's default (it
+    spins for tens of ms, fastest when inference is all the process does); False or 0,
+    it sleeps at once; N > 0, it spins at most N microseconds (ONNX Runtime >= 1.26;
+    older ones get 0, with a warning). A server that decodes and answers HTTP on the same
+    cores loses the spinning to it (measured: a third of the server's CPU time, see
+    benchmarks/results/serve)."""
     ort = _ort()
     levels = {
         "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -70,8 +79,8 @@ def session_options(
         if threads < 1:
             raise ConfigError(f"threads: expected a positive int, got {threads}")
         so.intra_op_num_threads = threads
-    if not spin:
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    for key, value in spin_entries(spin, ort.__version__).items():
+        so.add_session_config_entry(key, value)
     if optimized_model_path is not None:
         so.optimized_model_filepath = os.fspath(optimized_model_path)
         # weights in a side file: the graph (what fusion counting reads) stays small
@@ -91,6 +100,32 @@ def graph_io(session) -> tuple[list[tuple], list[tuple]]:
         [(t.name, t.type, list(t.shape)) for t in tensors]
         for tensors in (session.get_inputs(), session.get_outputs())
     )
+
+
+def spin_entries(spin: bool | int, ort_version: str) -> dict[str, str]:
+    """The session config entries for ``spin`` (see ``session_options``)."""
+    if spin is True:
+        return {}
+    if spin is not False and (not isinstance(spin, int) or spin < 0):
+        raise ConfigError(f"spin: expected True, False or microseconds >= 0, got {spin!r}")
+    if spin and _version(ort_version) < BOUNDED_SPIN_SINCE:
+        log.warning(
+            "onnxruntime %s cannot bound its threads' spinning (expected >= %d.%d for "
+            "spin=%d us): they will not spin", ort_version, *BOUNDED_SPIN_SINCE, spin,
+        )  # fmt: skip
+        spin = 0
+    if not spin:
+        return {"session.intra_op.allow_spinning": "0"}
+    return {"session.intra_op.spin_duration_us": str(spin)}
+
+
+def _version(text: str) -> tuple[int, ...]:
+    """'1.26.0.dev2026' -> (1, 26): the release, for comparisons."""
+    parts = []
+    for part in text.split(".")[:2]:
+        digits = "".join(c for c in part if c.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
 
 
 class OrtBackend(Backend):
@@ -138,7 +173,7 @@ class OrtBackend(Backend):
         optimization: str = "all",
         optimized_model_path: str | os.PathLike | None = None,
         manifest: dict | None = None,
-        spin: bool = True,
+        spin: bool | int = True,
     ) -> OrtBackend:
         """Any .onnx file that takes ``pixels`` and returns logits and/or embedding."""
         path = Path(path)
@@ -166,7 +201,7 @@ class OrtBackend(Backend):
         *,
         verify: bool = True,
         optimization: str = "all",
-        spin: bool = True,
+        spin: bool | int = True,
     ) -> OrtBackend:
         """An exported directory: manifest read and checked (format version, sha256).
         ``spin``: see ``session_options``."""
@@ -195,4 +230,10 @@ class OrtBackend(Backend):
         return dict(zip(self.output_names, values, strict=True))
 
 
-__all__ = ["OrtBackend", "pick_providers", "session_options", "default_output_names"]
+__all__ = [
+    "OrtBackend",
+    "default_output_names",
+    "pick_providers",
+    "session_options",
+    "spin_entries",
+]
