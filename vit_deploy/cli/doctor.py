@@ -83,7 +83,8 @@ def check_gpu() -> Check:
 
 
 def check_tensorrt() -> Check:
-    from vit_deploy.runtime.tensorrt.env import MIN_TENSORRT, _version_tuple
+    from vit_deploy.runtime.base import version_tuple
+    from vit_deploy.runtime.tensorrt.env import MIN_TENSORRT
 
     wanted = ".".join(map(str, MIN_TENSORRT))
     try:
@@ -100,7 +101,7 @@ def check_tensorrt() -> Check:
             "TensorRT", False, f"installed but does not load: {exc}", "check libnvinfer / CUDA"
         )
     version = str(getattr(trt, "__version__", "?"))
-    if _version_tuple(version) < MIN_TENSORRT:
+    if version_tuple(version) < MIN_TENSORRT:
         return Check(
             "TensorRT",
             False,

@@ -11,6 +11,7 @@ errors that say what was expected.
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 
 import numpy as np
@@ -23,6 +24,14 @@ INPUT_NAME = "pixels"
 INPUT_DTYPE = np.float32
 # Canonical backend names: the one spelling in output, manifests and results.
 BACKEND_NAMES = ("torch", "torch-triton", "torch-compile", "ort", "openvino", "trt")
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """'10.12.0.36' -> (10, 12, 0), '1.26.0.dev2026' -> (1, 26, 0): a library's release,
+    for comparing with a minimum."""
+    return tuple(int(p) for p in re.findall(r"\d+", str(version))[:3])
+
+
 # Other spellings users type; accepted wherever a backend is named.
 BACKEND_ALIASES = {
     "pytorch": "torch",

@@ -11,7 +11,7 @@ import numpy as np
 from vit_deploy.config import ViTConfig
 from vit_deploy.errors import ArtifactError, BackendUnavailableError, ConfigError
 from vit_deploy.manifest import artifact_path, check_graph_io, read_manifest, verify_checksum
-from vit_deploy.runtime.base import INPUT_NAME, Backend, default_output_names
+from vit_deploy.runtime.base import INPUT_NAME, Backend, default_output_names, version_tuple
 
 # Tried in this order when present in ort.get_available_providers(); CPU is always last.
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
@@ -108,7 +108,7 @@ def spin_entries(spin: bool | int, ort_version: str) -> dict[str, str]:
         return {}
     if spin is not False and (not isinstance(spin, int) or spin < 0):
         raise ConfigError(f"spin: expected True, False or microseconds >= 0, got {spin!r}")
-    if spin and _version(ort_version) < BOUNDED_SPIN_SINCE:
+    if spin and version_tuple(ort_version) < BOUNDED_SPIN_SINCE:
         log.warning(
             "onnxruntime %s cannot bound its threads' spinning (expected >= %d.%d for "
             "spin=%d us): they will not spin", ort_version, *BOUNDED_SPIN_SINCE, spin,
@@ -117,15 +117,6 @@ def spin_entries(spin: bool | int, ort_version: str) -> dict[str, str]:
     if not spin:
         return {"session.intra_op.allow_spinning": "0"}
     return {"session.intra_op.spin_duration_us": str(spin)}
-
-
-def _version(text: str) -> tuple[int, ...]:
-    """'1.26.0.dev2026' -> (1, 26): the release, for comparisons."""
-    parts = []
-    for part in text.split(".")[:2]:
-        digits = "".join(c for c in part if c.isdigit())
-        parts.append(int(digits or 0))
-    return tuple(parts)
 
 
 class OrtBackend(Backend):

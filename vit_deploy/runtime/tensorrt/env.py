@@ -15,12 +15,12 @@ TensorRT is imported lazily, inside the functions that ask for its version.
 from __future__ import annotations
 
 import platform
-import re
 import shlex
 from collections.abc import Mapping, Sequence
 
 from vit_deploy.batch_profile import BatchProfile
 from vit_deploy.errors import BackendUnavailableError, ManifestError
+from vit_deploy.runtime.base import version_tuple
 
 ENGINE_SECTION_FORMAT = "vit_deploy.engine/1"
 # The oldest release whose API surface CI checks (tests/data/trt_api). STRONGLY_TYPED exists
@@ -147,10 +147,6 @@ def check_engine_compat(section: Mapping, current_env: Mapping) -> list[str]:
 # --------------------------------------------------------------------------------------
 
 
-def _version_tuple(version: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in re.findall(r"\d+", str(version))[:3])
-
-
 def tensorrt_problems() -> list[str]:
     """What stops TensorRT from running here (empty: nothing)."""
     problems = []
@@ -165,7 +161,7 @@ def tensorrt_problems() -> list[str]:
         import tensorrt as trt
 
         version = str(getattr(trt, "__version__", "0"))
-        if _version_tuple(version) < MIN_TENSORRT:
+        if version_tuple(version) < MIN_TENSORRT:
             wanted = ".".join(map(str, MIN_TENSORRT))
             problems.append(f"TensorRT {version} is too old (expected >= {wanted})")
     except ImportError as exc:
