@@ -11,7 +11,8 @@ load). This machine's speed drifts by tens of percent within minutes, so a diffe
 between settings counts only if it holds round after round: the table lists every
 round's numbers beside the medians. Nothing else runs meanwhile (no offline model in this
 process), unless ``--beside CMD`` starts a process that runs through all rounds (e.g. a
-busy loop, to see a setting on a machine it shares). Writes ``ab-<name>.json`` and ``ab-<name>.md`` to ``benchmarks/results/serve/``.
+busy loop, to see a setting on a machine it shares). Writes ``ab-<name>.json`` and
+``ab-<name>.md`` to ``benchmarks/results/serve/``.
 """
 
 from __future__ import annotations

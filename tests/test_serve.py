@@ -417,7 +417,7 @@ def test_ort_spin_idle_puts_only_the_sessions_threads_at_idle_priority(artifact)
 
 
 def test_ort_spin_flags_reach_the_session(artifact):
-    from vit_deploy.cli.serve import SERVE_SPIN_US, build_parser, load_embedder
+    from vit_deploy.cli.serve import build_parser, load_embedder
 
     def entries(*flags) -> dict[str, str]:
         args = build_parser().parse_args(["--artifact", str(artifact), "--max-batch", "2", *flags])
@@ -430,8 +430,7 @@ def test_ort_spin_flags_reach_the_session(artifact):
                 pass
         return found
 
-    default = {"spin_duration_us": str(SERVE_SPIN_US)} if SERVE_SPIN_US else {}
-    assert entries() == (default or {"allow_spinning": "0"})
+    assert entries() == {"allow_spinning": "0"}  # the default: they sleep
     assert entries("--ort-spin") == {}  # ONNX Runtime's own policy, which spins
     assert entries("--ort-spin-us", "0") == {"allow_spinning": "0"}
     assert entries("--ort-spin-us", "250") == {"spin_duration_us": "250"}

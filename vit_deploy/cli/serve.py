@@ -20,8 +20,6 @@ from pathlib import Path
 from vit_deploy.cli.common import EXIT_OK, EXIT_USAGE, UsageError, configure_logging, run_main
 
 PROG = "vit-serve"
-# How long an idle ONNX Runtime thread spins before it sleeps (see session_options)
-SERVE_SPIN_US = 0
 log = logging.getLogger("vit_deploy.cli.serve")
 
 EPILOG = """\
@@ -107,9 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     spin = p.add_mutually_exclusive_group()
     spin.add_argument(
-        "--ort-spin-us", type=_microseconds, default=SERVE_SPIN_US, metavar="US",
+        "--ort-spin-us", type=_microseconds, default=0, metavar="US",
         help="an idle ONNX Runtime thread spins at most this long before it sleeps; 0: it "
-        f"sleeps at once (default: {SERVE_SPIN_US}; ONNX Runtime >= 1.26, else 0)",
+        "sleeps at once (default: 0; ONNX Runtime >= 1.26, else 0)",
     )  # fmt: skip
     spin.add_argument(
         "--ort-spin", action="store_true",

@@ -18,6 +18,7 @@ own, so the import comes first); the thread that calls the model keeps its prior
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -29,7 +30,9 @@ TASKS = Path("/proc/self/task")
 
 
 def thread_ids() -> set[int]:
-    """The ids of this process's threads (Linux)."""
+    """The ids of this process's threads; a ConfigError where that is not Linux's to say."""
+    if not hasattr(os, "SCHED_IDLE") or not TASKS.is_dir():
+        raise ConfigError(f"expected Linux for idle-priority threads, got {sys.platform}")
     return {int(name) for name in os.listdir(TASKS)}
 
 
@@ -41,9 +44,8 @@ def with_started_threads(make: Callable[[], T]) -> tuple[T, set[int]]:
 
 
 def set_idle_priority(tids: set[int]) -> None:
-    """Put each thread at ``SCHED_IDLE``; a ConfigError if there is none or it cannot be."""
-    if not hasattr(os, "SCHED_IDLE") or not TASKS.is_dir():
-        raise ConfigError(f"expected Linux for idle-priority threads, got {os.uname().sysname}")
+    """Put each thread (ids from ``with_started_threads``) at ``SCHED_IDLE``; a ConfigError
+    if there is none."""
     if not tids:
         raise ConfigError(
             "expected ONNX Runtime to start intra-op threads to put at idle priority, got "
